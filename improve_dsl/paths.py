@@ -1,0 +1,33 @@
+"""The one place that knows where the grammar and the templates live.
+
+In a source checkout they sit at the repository root (``grammar/``, ``templates/``);
+in an installed wheel they are packaged inside ``improve_dsl/`` under the same names.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+_PACKAGE_DIR = Path(__file__).resolve().parent
+
+
+def _find(name: str) -> Path:
+    for candidate in (_PACKAGE_DIR / name, _PACKAGE_DIR.parent / name):
+        if candidate.is_dir():
+            return candidate
+    raise FileNotFoundError(f"improve: the {name}/ folder is missing from the installation")
+
+
+def grammar_dir() -> Path:
+    """The folder holding ``imp.lark``."""
+    return _find("grammar")
+
+
+def templates_dir() -> Path:
+    """The folder holding ``train.py.jinja`` and its partials."""
+    return _find("templates")
+
+
+def specs_dir() -> Path:
+    """The folder of example specs (only in a source checkout or an sdist)."""
+    return _find("specs")

@@ -1,0 +1,395 @@
+"""Parsing: .imp text → AST with spans. The transformer only shapes; it never judges."""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Union
+
+import lark
+from lark import Lark, Token, Transformer, v_args
+
+from .diagnostics import Diagnostic, DiagnosticError, Span
+from .paths import grammar_dir
+
+# ---------------------------------------------------------------- AST
+
+
+@dataclass(frozen=True)
+class Number:
+    text: str
+    span: Span
+
+
+@dataclass(frozen=True)
+class String:
+    value: str
+    span: Span
+
+
+@dataclass(frozen=True)
+class Name:
+    value: str
+    span: Span
+
+
+@dataclass(frozen=True)
+class Arg:
+    keyword: str | None
+    keyword_span: Span | None
+    value: Value
+
+
+@dataclass(frozen=True)
+class Call:
+    name: str
+    span: Span  # the callable's name
+    args: tuple[Arg, ...]
+
+
+@dataclass(frozen=True)
+class ListValue:
+    items: tuple[Value, ...]
+    span: Span  # the opening bracket
+
+
+Value = Union[Number, String, Name, Call, ListValue]
+
+
+@dataclass(frozen=True)
+class Field:
+    name: str
+    span: Span  # the field's name
+    value: Value
+    end_line: int
+
+
+@dataclass(frozen=True)
+class Block:
+    kind: str
+    span: Span  # the block's keyword
+    label: str | None
+    label_span: Span | None
+    fields: tuple[Field, ...]
+    end_line: int  # line of the closing brace
+
+
+@dataclass(frozen=True)
+class Comment:
+    text: str
+    line: int
+    column: int
+
+
+@dataclass(frozen=True)
+class SpecAST:
+    path: str
+    source: str
+    blocks: tuple[Block, ...]
+    comments: tuple[Comment, ...]
+
+
+def value_span(value: Value) -> Span:
+    """Where a value starts (for calls: the callable's name)."""
+    return value.span
+
+
+# ---------------------------------------------------------------- Parser
+
+
+@functools.lru_cache(maxsize=1)
+def _parser() -> Lark:
+    text = (grammar_dir() / "imp.lark").read_text(encoding="utf-8")
+    return Lark(text, parser="lalr", propagate_positions=True, maybe_placeholders=False)
+
+
+def _span(token: Token) -> Span:
+    return Span(token.line or 1, token.column or 1, max(1, len(str(token))))
+
+
+@v_args(inline=True)
+class _Shape(Transformer[Token, object]):
+    def start(self, *blocks: Block) -> tuple[Block, ...]:
+        return blocks
+
+    def block(self, kind: Token, *rest: object) -> Block:
+        label: Token | None = None
+        items = list(rest)
+        if items and isinstance(items[0], Token):
+            label = items.pop(0)  # type: ignore[assignment]
+        fields = tuple(f for f in items if isinstance(f, Field))
+        return Block(
+            kind=str(kind),
+            span=_span(kind),
+            label=str(label) if label is not None else None,
+            label_span=_span(label) if label is not None else None,
+            fields=fields,
+            end_line=0,
+        )
+
+    def label(self, name: Token) -> Token:
+        return name
+
+    def field(self, name: Token, value: Value) -> Field:
+        return Field(str(name), _span(name), value, end_line=0)
+
+    def number(self, token: Token) -> Number:
+        return Number(str(token), _span(token))
+
+    def string(self, token: Token) -> String:
+        return String(_unescape(str(token)), _span(token))
+
+    def name(self, token: Token) -> Name:
+        return Name(str(token), _span(token))
+
+    def call(self, name: Token, *args: Arg | None) -> Call:
+        return Call(str(name), _span(name), tuple(a for a in args if a is not None))
+
+    def keyword_arg(self, name: Token, value: Value) -> Arg:
+        return Arg(str(name), _span(name), value)
+
+    def positional_arg(self, value: Value) -> Arg:
+        return Arg(None, None, value)
+
+    def list(self, *items: Value | None) -> ListValue:
+        return ListValue(tuple(i for i in items if i is not None), Span(0, 0))
+
+
+_ESCAPES = {"n": "\n", "t": "\t", "r": "\r", '"': '"', "\\": "\\", "0": "\0"}
+
+
+def _unescape(token: str) -> str:
+    body = token[1:-1]
+    out: list[str] = []
+    i = 0
+    while i < len(body):
+        ch = body[i]
+        if ch == "\\" and i + 1 < len(body):
+            out.append(_ESCAPES.get(body[i + 1], body[i + 1]))
+            i += 2
+        else:
+            out.append(ch)
+            i += 1
+    return "".join(out)
+
+
+def decode_source(data: bytes, path: str) -> str:
+    """Bytes of a spec file → text, or a located diagnostic for bad encodings."""
+    if data.startswith(b"\xef\xbb\xbf"):
+        data = data[3:]
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        before = data[: exc.start]
+        line = before.count(b"\n") + 1
+        column = len(before.rsplit(b"\n", 1)[-1].decode("utf-8", "replace")) + 1
+        byte = data[exc.start]
+        raise DiagnosticError(
+            [
+                Diagnostic(
+                    path,
+                    Span(line, column),
+                    f"the file is not valid UTF-8 (byte 0x{byte:02x})",
+                    hint="save the spec as UTF-8",
+                )
+            ],
+            data.decode("utf-8", "replace"),
+        ) from None
+    return text
+
+
+def read_spec_text(path: Path) -> str:
+    """Read a spec file as text; unreadable files become a diagnostic."""
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        reason = exc.strerror or str(exc)
+        raise DiagnosticError(
+            [Diagnostic(str(path), Span(1, 1), f"cannot read the spec: {reason}")]
+        ) from None
+    return decode_source(data, str(path))
+
+
+def parse(source: str, path: str = "<spec>") -> SpecAST:
+    """Parse .imp text into an AST, or raise a DiagnosticError with a located message."""
+    nul = source.find("\0")
+    if nul >= 0:
+        line = source.count("\n", 0, nul) + 1
+        column = nul - (source.rfind("\n", 0, nul) + 1) + 1
+        raise DiagnosticError(
+            [Diagnostic(path, Span(line, column), "NUL character in the spec")], source
+        )
+    comments: list[Comment] = []
+    try:
+        tree = _parser().parse(source)
+    except lark.exceptions.UnexpectedInput as exc:
+        raise DiagnosticError([_syntax_diagnostic(exc, source, path)], source) from None
+    blocks = _attach_lines(tree, _Shape().transform(tree))  # type: ignore[arg-type]
+    comments = _comments(source)
+    return SpecAST(path, source, blocks, tuple(comments))
+
+
+def _attach_lines(tree: lark.Tree[Token], blocks: tuple[Block, ...]) -> tuple[Block, ...]:
+    """Fill in end lines and list spans, which need the tree's positions."""
+    result: list[Block] = []
+    for node, block in zip(tree.children, blocks, strict=True):
+        assert isinstance(node, lark.Tree)
+        fields: list[Field] = []
+        field_nodes = [c for c in node.children if isinstance(c, lark.Tree) and c.data == "field"]
+        for fnode, fld in zip(field_nodes, block.fields, strict=True):
+            value_node = fnode.children[1]
+            fields.append(
+                Field(fld.name, fld.span, _fix_lists(value_node, fld.value), fnode.meta.end_line)
+            )
+        result.append(
+            Block(
+                block.kind,
+                block.span,
+                block.label,
+                block.label_span,
+                tuple(fields),
+                node.meta.end_line,
+            )
+        )
+    return tuple(result)
+
+
+def _fix_lists(node: object, value: Value) -> Value:
+    if isinstance(value, ListValue) and isinstance(node, lark.Tree):
+        items = tuple(
+            _fix_lists(child, item) for child, item in zip(node.children, value.items, strict=True)
+        )
+        return ListValue(items, Span(node.meta.line, node.meta.column, 1))
+    if isinstance(value, Call) and isinstance(node, lark.Tree):
+        args = []
+        arg_nodes = [c for c in node.children if isinstance(c, lark.Tree)]
+        for anode, arg in zip(arg_nodes, value.args, strict=True):
+            args.append(Arg(arg.keyword, arg.keyword_span, _fix_lists(anode.children[-1], arg.value)))
+        return Call(value.name, value.span, tuple(args))
+    return value
+
+
+def _comments(source: str) -> list[Comment]:
+    """Every ``#`` comment outside a string, with its position."""
+    found: list[Comment] = []
+    for index, line in enumerate(source.splitlines(), start=1):
+        in_string = False
+        escaped = False
+        for col, ch in enumerate(line):
+            if in_string:
+                if escaped:
+                    escaped = False
+                elif ch == "\\":
+                    escaped = True
+                elif ch == '"':
+                    in_string = False
+            elif ch == '"':
+                in_string = True
+            elif ch == "#":
+                found.append(Comment(line[col:].rstrip(), index, col + 1))
+                break
+    return found
+
+
+# ---------------------------------------------------------------- Syntax errors
+
+_TOKEN_WORDS = {
+    "NAME": "a name",
+    "NUMBER": "a number",
+    "STRING": "a string",
+    "LBRACE": "'{'",
+    "RBRACE": "'}'",
+    "LPAR": "'('",
+    "RPAR": "')'",
+    "LSQB": "'['",
+    "RSQB": "']'",
+    "COMMA": "','",
+    "EQUAL": "'='",
+    "$END": "the end of the file",
+}
+
+
+def _describe(token: Token) -> str:
+    if token.type == "$END":
+        return "the end of the file"
+    if token.type in ("NAME", "NUMBER", "STRING"):
+        return f"{_TOKEN_WORDS[token.type][2:] if token.type != 'NAME' else 'name'} '{token}'"
+    return f"'{token}'"
+
+
+def _expected(expected: set[str]) -> str:
+    words = sorted({_TOKEN_WORDS.get(e, e.lower()) for e in expected if e in _TOKEN_WORDS})
+    if not words:
+        return ""
+    if len(words) == 1:
+        return f"expected {words[0]}"
+    return "expected " + ", ".join(words[:-1]) + " or " + words[-1]
+
+
+def _syntax_diagnostic(exc: lark.exceptions.UnexpectedInput, source: str, path: str) -> Diagnostic:
+    if isinstance(exc, lark.exceptions.UnexpectedCharacters):
+        char = source[exc.pos_in_stream] if exc.pos_in_stream < len(source) else ""
+        if char == '"':
+            return Diagnostic(
+                path, Span(exc.line, exc.column), "unterminated string", hint="close it with '\"'"
+            )
+        return Diagnostic(path, Span(exc.line, exc.column), f"unexpected character {char!r}")
+    if isinstance(exc, lark.exceptions.UnexpectedToken):
+        token = exc.token
+        if token.type == "$END":
+            return _unclosed(source, path)
+        width = max(1, len(str(token)))
+        message = f"unexpected {_describe(token)}"
+        expected = _expected(set(exc.expected))
+        if expected:
+            message += f"; {expected}"
+        return Diagnostic(path, Span(token.line or 1, token.column or 1, width), message)
+    if isinstance(exc, lark.exceptions.UnexpectedEOF):
+        return _unclosed(source, path)
+    return Diagnostic(path, Span(exc.line or 1, exc.column or 1), "syntax error")
+
+
+def _unclosed(source: str, path: str) -> Diagnostic:
+    """A missing closer at end of file: say which block, call or list, and where it opened."""
+    stack: list[tuple[str, Token, Token | None]] = []
+    previous: Token | None = None
+    closers = {"RBRACE": "LBRACE", "RPAR": "LPAR", "RSQB": "LSQB"}
+    try:
+        for token in _parser().lex(source):
+            if token.type in ("LBRACE", "LPAR", "LSQB"):
+                stack.append((token.type, token, previous))
+            elif token.type in closers and stack and stack[-1][0] == closers[token.type]:
+                stack.pop()
+            previous = token
+    except lark.exceptions.UnexpectedInput:
+        pass
+    lines = source.splitlines() or [""]
+    end = Span(len(lines), len(lines[-1]) + 1)
+    if not stack:
+        return Diagnostic(path, end, "unexpected end of the file")
+    kind, opener, before = stack[-1]
+    if kind == "LBRACE":
+        name = _block_keyword(source, opener)
+        where = f"{opener.line}:{opener.column}"
+        return Diagnostic(
+            path,
+            Span(opener.line or 1, opener.column or 1),
+            f"block '{name}' opened here is never closed",
+            hint=f"add '}}' after the last field of '{name}' (opened at {where})",
+        )
+    what = f"call '{before}'" if kind == "LPAR" and before is not None else "list"
+    closer = ")" if kind == "LPAR" else "]"
+    return Diagnostic(
+        path,
+        Span(opener.line or 1, opener.column or 1),
+        f"{what} opened here is never closed",
+        hint=f"add '{closer}'",
+    )
+
+
+def _block_keyword(source: str, brace: Token) -> str:
+    head = source[: brace.start_pos].split()
+    if len(head) >= 2 and head[-2].isidentifier() and head[-2] == "pipeline":
+        return "pipeline"
+    return head[-1] if head else "?"
