@@ -354,14 +354,22 @@ def _unclosed(source: str, path: str) -> Diagnostic:
     """A missing closer at end of file: say which block, call or list, and where it opened."""
     stack: list[tuple[str, Token, Token | None]] = []
     previous: Token | None = None
+    before_previous: Token | None = None
     closers = {"RBRACE": "LBRACE", "RPAR": "LPAR", "RSQB": "LSQB"}
     try:
         for token in _parser().lex(source):
-            if token.type in ("LBRACE", "LPAR", "LSQB"):
+            if token.type == "LBRACE" and previous is not None:
+                keyword = previous
+                if before_previous is not None and before_previous.type == "NAME" and (
+                    before_previous.line == previous.line and str(before_previous) == "pipeline"
+                ):
+                    keyword = before_previous
+                stack.append((token.type, keyword, keyword))
+            elif token.type in ("LPAR", "LSQB"):
                 stack.append((token.type, token, previous))
             elif token.type in closers and stack and stack[-1][0] == closers[token.type]:
                 stack.pop()
-            previous = token
+            before_previous, previous = previous, token
     except lark.exceptions.UnexpectedInput:
         pass
     lines = source.splitlines() or [""]
@@ -370,11 +378,11 @@ def _unclosed(source: str, path: str) -> Diagnostic:
         return Diagnostic(path, end, "unexpected end of the file")
     kind, opener, before = stack[-1]
     if kind == "LBRACE":
-        name = _block_keyword(source, opener)
+        name = str(opener)
         where = f"{opener.line}:{opener.column}"
         return Diagnostic(
             path,
-            Span(opener.line or 1, opener.column or 1),
+            Span(opener.line or 1, opener.column or 1, len(name)),
             f"block '{name}' opened here is never closed",
             hint=f"add '}}' after the last field of '{name}' (opened at {where})",
         )
@@ -386,10 +394,3 @@ def _unclosed(source: str, path: str) -> Diagnostic:
         f"{what} opened here is never closed",
         hint=f"add '{closer}'",
     )
-
-
-def _block_keyword(source: str, brace: Token) -> str:
-    head = source[: brace.start_pos].split()
-    if len(head) >= 2 and head[-2].isidentifier() and head[-2] == "pipeline":
-        return "pipeline"
-    return head[-1] if head else "?"

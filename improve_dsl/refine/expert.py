@@ -1,0 +1,92 @@
+"""What every expert sees and returns: the contract between the loop and the experts."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """One earlier attempt, as shown to an expert."""
+
+    iteration: int
+    block: str  # a block name, or "all" for an all-at-once attempt
+    status: str  # accepted | rejected | invalid | failed | pruned | cached
+    metric: float | None
+    incumbent_metric: float | None
+    diff: str
+    rationale: str
+    move: str = ""  # the heuristic expert's move id, "" for others
+
+
+@dataclass(frozen=True)
+class Context:
+    """Everything an expert may use to propose a change."""
+
+    spec_text: str  # the full incumbent spec
+    spec_path: str
+    blocks: tuple[str, ...]  # the block(s) to rewrite: one for iterative, several for all-at-once
+    profile: str  # the dataset profile, a few lines of text
+    metric_name: str  # e.g. "val_accuracy"
+    incumbent_metric: float | None
+    curves: Sequence[dict[str, Any]]  # the incumbent's epoch events
+    history: Sequence[Attempt]
+    seed: int = 0
+    feedback: str | None = None  # diagnostics of the previous reply, on a retry
+    previous_reply: str | None = None
+
+
+@dataclass(frozen=True)
+class Proposal:
+    """An expert's answer: new text for the requested block(s) and why."""
+
+    text: str  # .imp text holding exactly the requested block(s)
+    rationale: str
+    move: str = ""
+    tokens: int = 0
+    cost_usd: float = 0.0
+    raw: str = ""  # the raw reply, for the log
+
+
+@dataclass(frozen=True)
+class Selection:
+    """The analyst's choice of block."""
+
+    block: str
+    reason: str
+    tokens: int = 0
+    cost_usd: float = 0.0
+
+
+class ExpertError(Exception):
+    """The expert could not answer at all (network down after retries, budget spent...)."""
+
+
+class NoMoreMoves(Exception):
+    """The expert has nothing left to try for this block."""
+
+
+class Expert(Protocol):
+    """Proposes rewrites of blocks. Implementations: heuristic, openai, replay."""
+
+    name: str
+
+    def propose(self, context: Context) -> Proposal:
+        """A rewrite of ``context.blocks``; raises ExpertError or NoMoreMoves."""
+        ...
+
+    def select(self, context: Context, candidates: Sequence[str]) -> Selection | None:
+        """The analyst's block choice, or None when this expert has no analyst."""
+        ...
+
+
+@dataclass
+class Usage:
+    """Tokens and cost spent so far by an expert."""
+
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cost_usd: float = 0.0
+    calls: list[str] = field(default_factory=list)
