@@ -141,6 +141,19 @@ def cmd_diff(args: argparse.Namespace) -> int:
     return EXIT_FAILED
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    """Write the HTML report of a refinement run, and its plot as a PNG beside it."""
+    from .report import ReportError, write_report
+
+    out = Path(args.output) if args.output else None
+    try:
+        paths = write_report(Path(args.run_dir), out)
+    except ReportError as exc:
+        raise UsageError(str(exc)) from None
+    print(f"wrote {paths.html} (plot: {paths.png})")
+    return EXIT_OK
+
+
 # (further verbs are defined below and registered in build_parser)
 
 # ---------------------------------------------------------------- parser
@@ -196,6 +209,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("a", metavar="A")
     p.add_argument("b", metavar="B")
     p.set_defaults(func=cmd_diff)
+
+    p = verbs.add_parser("report", help="HTML report of a refinement run",
+                         description="Write one self-contained HTML page for a run directory of "
+                         "`improve refine`: the metric per iteration, each attempt's diff, "
+                         "rationale, time and cost, and the final test score when present. The "
+                         "plot is also saved as a PNG next to the page.")
+    p.add_argument("run_dir", metavar="RUN_DIR")
+    p.add_argument("-o", "--output", metavar="FILE",
+                   help="where to write the page (default: RUN_DIR/report.html)")
+    p.set_defaults(func=cmd_report)
 
     return parser
 

@@ -33,7 +33,7 @@ class Diagnostic:
         source_line = _line_of(source, self.span.line) if source is not None else None
         if source_line is not None:
             gutter = " " * len(str(self.span.line))
-            text = source_line.expandtabs(1)
+            text = "".join(ch if ch.isprintable() else "?" for ch in source_line)
             width = max(1, min(self.span.width, max(1, len(text) - self.span.column + 1)))
             lines.append(f"{gutter} |")
             lines.append(f"{self.span.line} | {text}")
@@ -85,3 +85,10 @@ def one_of(choices: Sequence[str]) -> str:
     if len(quoted) <= 1:
         return "".join(quoted)
     return ", ".join(quoted[:-1]) + " or " + quoted[-1]
+
+
+def all_of(choices: Sequence[str]) -> str:
+    """``'a', 'b' and 'c'``."""
+    return one_of(choices).rsplit(" or ", 1)[0] + (
+        f" and '{choices[-1]}'" if len(choices) > 1 else ""
+    )

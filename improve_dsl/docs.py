@@ -95,7 +95,7 @@ def overview() -> str:
     """The whole language reference."""
     parts = [
         "The .imp language: one file is one pipeline; blocks hold `field = value` lines.",
-        "Values: numbers, \"strings\", true/false, none, names, calls like sgd(lr = 0.1), and "
+        'Values: numbers, "strings", true/false, none, names, calls like sgd(lr = 0.1), and '
         "[lists]. Comments start with #.",
         "",
     ]

@@ -265,7 +265,9 @@ def _fix_lists(node: object, value: Value) -> Value:
         args = []
         arg_nodes = [c for c in node.children if isinstance(c, lark.Tree)]
         for anode, arg in zip(arg_nodes, value.args, strict=True):
-            args.append(Arg(arg.keyword, arg.keyword_span, _fix_lists(anode.children[-1], arg.value)))
+            args.append(
+                Arg(arg.keyword, arg.keyword_span, _fix_lists(anode.children[-1], arg.value))
+            )
         return Call(value.name, value.span, tuple(args))
     return value
 
@@ -329,7 +331,8 @@ def _expected(expected: set[str]) -> str:
 
 def _syntax_diagnostic(exc: lark.exceptions.UnexpectedInput, source: str, path: str) -> Diagnostic:
     if isinstance(exc, lark.exceptions.UnexpectedCharacters):
-        char = source[exc.pos_in_stream] if exc.pos_in_stream < len(source) else ""
+        pos = exc.pos_in_stream or 0
+        char = source[pos] if pos < len(source) else ""
         if char == '"':
             return Diagnostic(
                 path, Span(exc.line, exc.column), "unterminated string", hint="close it with '\"'"
@@ -360,8 +363,12 @@ def _unclosed(source: str, path: str) -> Diagnostic:
         for token in _parser().lex(source):
             if token.type == "LBRACE" and previous is not None:
                 keyword = previous
-                if before_previous is not None and before_previous.type == "NAME" and (
-                    before_previous.line == previous.line and str(before_previous) == "pipeline"
+                if (
+                    before_previous is not None
+                    and before_previous.type == "NAME"
+                    and (
+                        before_previous.line == previous.line and str(before_previous) == "pipeline"
+                    )
                 ):
                     keyword = before_previous
                 stack.append((token.type, keyword, keyword))

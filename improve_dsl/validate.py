@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import hashlib
 import math
+import re
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from . import registry
-from .diagnostics import Diagnostic, DiagnosticError, Span, did_you_mean, one_of
+from .diagnostics import Diagnostic, DiagnosticError, Span, all_of, did_you_mean, one_of
 from .ir import (
     AugmentBlock,
     DataBlock,
@@ -21,8 +22,19 @@ from .ir import (
     TrainBlock,
 )
 from .registry import BlockSpec, Component, FieldSpec, Param, ParamValue
-from .syntax import Block, Call, ListValue, Name, Number, SpecAST, String, Value, parse
-from .syntax import read_spec_text
+from .syntax import (
+    Arg,
+    Block,
+    Call,
+    ListValue,
+    Name,
+    Number,
+    SpecAST,
+    String,
+    Value,
+    parse,
+    read_spec_text,
+)
 
 _BLOCK_TYPES: dict[str, Callable[..., Any]] = {
     "pipeline": PipelineBlock,
@@ -59,7 +71,7 @@ class _Validator:
                     block.span,
                     f"unknown block '{block.kind}'",
                     did_you_mean(block.kind, registry.BLOCK_NAMES)
-                    or f"blocks are {one_of(registry.BLOCK_NAMES)}",
+                    or f"blocks are {all_of(registry.BLOCK_NAMES)}",
                 )
                 continue
             if block.kind in seen:
@@ -75,6 +87,15 @@ class _Validator:
             if values is not None:
                 built[block.kind] = values
         end = self._end_span()
+        if not self.ast.blocks:
+            required = [b.name for b in registry.BLOCKS if b.required]
+            self.error(
+                end,
+                "the spec is empty: it needs the blocks "
+                + ", ".join(f"'{name}'" for name in required),
+                "`improve init --data digits -o spec.imp` writes a starting spec",
+            )
+            return None
         for spec in registry.BLOCKS:
             if spec.required and spec.name not in seen:
                 example = "pipeline NAME { ... }" if spec.labelled else f"{spec.name} {{ ... }}"
@@ -111,11 +132,15 @@ class _Validator:
 
     def block(self, spec: BlockSpec, block: Block) -> dict[str, Any] | None:
         if spec.labelled and block.label is None:
-            self.error(block.span, f"block '{spec.name}' needs a name", f"write `{spec.name} "
-                       f"my_pipeline {{`")
+            self.error(
+                block.span,
+                f"block '{spec.name}' needs a name",
+                f"write `{spec.name} my_pipeline {{`",
+            )
         elif not spec.labelled and block.label is not None and block.label_span is not None:
-            self.error(block.label_span, f"block '{spec.name}' takes no name",
-                       f"write `{spec.name} {{`")
+            self.error(
+                block.label_span, f"block '{spec.name}' takes no name", f"write `{spec.name} {{`"
+            )
         values: dict[str, Any] = {}
         ok = True
         for fld in block.fields:
@@ -125,7 +150,7 @@ class _Validator:
                     fld.span,
                     f"unknown field '{fld.name}' in block '{spec.name}'",
                     did_you_mean(fld.name, [f.name for f in spec.fields])
-                    or f"fields of '{spec.name}' are {one_of([f.name for f in spec.fields])}",
+                    or f"fields of '{spec.name}' are {all_of([f.name for f in spec.fields])}",
                 )
                 ok = False
                 continue
@@ -141,8 +166,11 @@ class _Validator:
         for fspec in spec.fields:
             if fspec.name not in values:
                 if fspec.required:
-                    self.error(block.span, f"block '{spec.name}' needs the field '{fspec.name}'",
-                               f"{fspec.name}: {fspec.doc}")
+                    self.error(
+                        block.span,
+                        f"block '{spec.name}' needs the field '{fspec.name}'",
+                        f"{fspec.name}: {fspec.doc}",
+                    )
                     ok = False
                 else:
                     values[fspec.name] = self.default(fspec)
@@ -154,8 +182,11 @@ class _Validator:
         has_arch = values.get("arch") is not None
         has_layers = bool(values.get("layers"))
         if has_arch == has_layers:
-            self.error(block.span, "block 'model' needs exactly one of 'arch' and 'layers'",
-                       "for example `arch = cnn(channels = [32, 64])`")
+            self.error(
+                block.span,
+                "block 'model' needs exactly one of 'arch' and 'layers'",
+                "for example `arch = cnn(channels = [32, 64])`",
+            )
 
     # ------------------------------------------------------------ values
 
@@ -167,18 +198,19 @@ class _Validator:
             return self.call(fspec.category or "", value, where)
         if fspec.kind == "call_list":
             if not isinstance(value, ListValue):
-                self.expected(value, f"a list like `[{self.example(fspec.category or '')}]`",
-                              where)
+                self.expected(value, f"a list like `[{self.example(fspec.category or '')}]`", where)
             return tuple(self.call(fspec.category or "", item, where) for item in value.items)
-        return self.scalar(fspec.kind, value, where, fspec.minimum, fspec.maximum, fspec.choices,
-                           fspec.optional)
+        return self.scalar(
+            fspec.kind, value, where, fspec.minimum, fspec.maximum, fspec.choices, fspec.optional
+        )
 
     def example(self, category: str) -> str:
         return registry.components(category)[0].name
 
     def call(self, category: str, value: Value, where: str) -> Op:
+        args: tuple[Arg, ...] = ()
         if isinstance(value, Name):
-            name, span, args = value.value, value.span, ()
+            name, span = value.value, value.span
         elif isinstance(value, Call):
             name, span, args = value.name, value.span, value.args
         else:
@@ -198,9 +230,11 @@ class _Validator:
         for index, arg in enumerate(args):
             if arg.keyword is None:
                 if index >= len(comp.params):
-                    self.error(_value_span(arg.value),
-                               f"'{name}' takes at most {len(comp.params)} positional "
-                               f"argument{'s' if len(comp.params) != 1 else ''}")
+                    self.error(
+                        _value_span(arg.value),
+                        f"'{name}' takes at most {len(comp.params)} positional "
+                        f"argument{'s' if len(comp.params) != 1 else ''}",
+                    )
                     failed = True
                     continue
                 param = comp.params[index]
@@ -213,15 +247,19 @@ class _Validator:
                         arg.keyword_span,
                         f"unknown parameter '{arg.keyword}' of '{name}'",
                         did_you_mean(arg.keyword, names)
-                        or (f"'{name}' takes {one_of(names)}" if names
-                            else f"'{name}' takes no parameters"),
+                        or (
+                            f"'{name}' takes {all_of(names)}"
+                            if names
+                            else f"'{name}' takes no parameters"
+                        ),
                     )
                     failed = True
                     continue
                 param = found
             if param.name in given:
-                self.error(_value_span(arg.value), f"parameter '{param.name}' of '{name}' is "
-                           "given twice")
+                self.error(
+                    _value_span(arg.value), f"parameter '{param.name}' of '{name}' is given twice"
+                )
                 failed = True
                 continue
             try:
@@ -230,8 +268,11 @@ class _Validator:
                 failed = True
         for param in comp.params:
             if param.required and param.name not in given:
-                self.error(Span(span.line, span.column, len(name)),
-                           f"'{name}' needs the parameter '{param.name}'", param.doc)
+                self.error(
+                    Span(span.line, span.column, len(name)),
+                    f"'{name}' needs the parameter '{param.name}'",
+                    param.doc,
+                )
                 failed = True
         if failed:
             raise _Invalid
@@ -254,12 +295,22 @@ class _Validator:
             if len(items) > 8:
                 self.error(value.span, f"{where} takes at most 8 entries")
                 raise _Invalid
-            return items  # type: ignore[return-value]
-        return self.scalar(param.kind, value, where, param.minimum, param.maximum, param.choices,
-                           param.optional)  # type: ignore[no-any-return]
+            return tuple(int(i) for i in items)
+        result: ParamValue = self.scalar(
+            param.kind, value, where, param.minimum, param.maximum, param.choices, param.optional
+        )
+        return result
 
-    def scalar(self, kind: str, value: Value, where: str, minimum: float | None,
-               maximum: float | None, choices: tuple[str, ...], optional: bool) -> Any:
+    def scalar(
+        self,
+        kind: str,
+        value: Value,
+        where: str,
+        minimum: float | None,
+        maximum: float | None,
+        choices: tuple[str, ...],
+        optional: bool,
+    ) -> Any:
         none_hint = " or none" if optional else ""
         if kind == "bool":
             if isinstance(value, Name) and value.value in ("true", "false"):
@@ -274,14 +325,20 @@ class _Validator:
                 return value.value
             if isinstance(value, (Name, String)):
                 word = value.value
-                self.error(_value_span(value), f"'{word}' is not a choice for {where}",
-                           did_you_mean(word, choices) or f"choose {one_of(choices)}")
+                self.error(
+                    _value_span(value),
+                    f"'{word}' is not a choice for {where}",
+                    did_you_mean(word, choices) or f"choose {one_of(choices)}",
+                )
                 raise _Invalid
             self.expected(value, one_of(choices), where)
         # numbers
         if not isinstance(value, Number):
             article = "an integer" if kind == "int" else "a number"
             self.expected(value, article + none_hint, where)
+        if not _NUMBER.fullmatch(value.text):
+            self.error(value.span, f"malformed number '{value.text}'")
+            raise _Invalid
         number: int | float
         if kind == "int":
             try:
@@ -295,8 +352,9 @@ class _Validator:
                 self.error(value.span, f"the number {value.text} is out of range for {where}")
                 raise _Invalid
         if choices and str(number) not in choices:
-            self.error(value.span, f"{value.text} is not a choice for {where}",
-                       f"choose {one_of(choices)}")
+            self.error(
+                value.span, f"{value.text} is not a choice for {where}", f"choose {one_of(choices)}"
+            )
             raise _Invalid
         if minimum is not None and number < minimum:
             self.error(value.span, f"{where} must be at least {_fmt(minimum)}, not {value.text}")
@@ -306,10 +364,12 @@ class _Validator:
             raise _Invalid
         return number
 
-    def expected(self, value: Value, what: str, where: str) -> Any:
+    def expected(self, value: Value, what: str, where: str) -> NoReturn:
         self.error(_value_span(value), f"{where} expects {what}, found {_describe(value)}")
         raise _Invalid
 
+
+_NUMBER = re.compile(r"[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?")
 
 _CATEGORY_WORDS = {
     "source": "data source",

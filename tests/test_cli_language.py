@@ -1,0 +1,91 @@
+"""The language verbs as a user runs them: help, docs, diff."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from improve_dsl import cli, registry
+
+ROOT = Path(__file__).resolve().parent.parent
+DIGITS = ROOT / "specs" / "digits.imp"
+
+
+def _improve(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "improve_dsl.cli", *args],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+
+
+def test_help_lists_every_verb() -> None:
+    proc = _improve("--help")
+    assert proc.returncode == 0
+    verbs = cli.build_parser()._subparsers._group_actions[0].choices  # type: ignore[union-attr]
+    for verb in verbs:
+        assert verb in proc.stdout
+        sub = _improve(verb, "--help")
+        assert sub.returncode == 0 and "usage: improve " + verb in sub.stdout
+
+
+def test_no_verb_prints_help_and_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main([]) == 2
+    assert "usage: improve" in capsys.readouterr().out
+
+
+def test_bad_flag_exits_2_without_traceback() -> None:
+    proc = _improve("check", "--bogus", str(DIGITS))
+    assert proc.returncode == 2
+    assert "unrecognized arguments: --bogus" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_missing_file_is_a_located_error(tmp_path: Path) -> None:
+    proc = _improve("check", str(tmp_path / "nope.imp"))
+    assert proc.returncode == 2
+    assert "nope.imp:1:1: error: cannot read the spec: No such file or directory" in proc.stderr
+
+
+def test_docs_cover_every_block_field_and_op(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["docs"]) == 0
+    text = capsys.readouterr().out
+    for block in registry.BLOCKS:
+        assert f"block {block.name}" in text
+        for fld in block.fields:
+            assert f"  {fld.name} (" in text
+    for comps in registry.COMPONENTS.values():
+        for comp in comps:
+            assert f"{comp.name}(" in text and comp.doc in text
+
+
+def test_docs_for_one_name_and_unknown_name(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["docs", "sgd"]) == 0
+    assert "nesterov: bool" in capsys.readouterr().out
+    assert cli.main(["docs", "train.optimizer"]) == 0
+    assert "adamw(" in capsys.readouterr().out
+    assert cli.main(["docs", "random_crp"]) == 2
+    assert "did you mean 'random_crop'?" in capsys.readouterr().err
+
+
+def test_diff_names_changed_blocks_and_fields(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    other = tmp_path / "b.imp"
+    other.write_text(
+        DIGITS.read_text()
+        .replace("epochs = 4", "epochs = 12")
+        .replace("ops = []", "ops = [random_crop(padding = 1)]")
+    )
+    assert cli.main(["diff", str(DIGITS), str(DIGITS)]) == 0
+    assert capsys.readouterr().out == "no differences\n"
+    assert cli.main(["diff", str(DIGITS), str(other)]) == 1
+    out = capsys.readouterr().out
+    assert out == (
+        "augment: changed\n  ~ ops: [] -> [random_crop(padding = 1)]\n"
+        "train: changed\n  ~ epochs: 4 -> 12\n"
+    )
