@@ -202,3 +202,14 @@ def test_fmt_keeps_comments_and_check_reports_diff(
     assert cli.main(["fmt", str(spec)]) == 0
     assert spec.read_text() == "# keep me\npipeline p {\n  metric = accuracy  # mine\n}\n"
     assert cli.main(["fmt", "--check", str(spec)]) == 0
+
+
+def test_exponent_numbers_parse_whole() -> None:
+    text = (ROOT / "specs/digits.imp").read_text()
+    text = text.replace("weight_decay = 0.0)", "weight_decay = 5e-4)").replace(
+        "lr = 0.01", "lr = 1E-2"
+    )
+    spec = load_text(text, "x.imp")
+    assert spec.train.optimizer["weight_decay"] == 5e-4
+    assert spec.train.optimizer["lr"] == 0.01
+    assert format_text(text) == text

@@ -1,0 +1,79 @@
+"""The compile pipeline: spec text → AST → IR → script, plus the compile-time model check.
+
+``compile_spec`` is what ``improve compile``, ``improve check -v`` and refinement call: a spec
+is accepted into a run only once it parses, validates, renders and (with ``check_shapes``)
+its model builds on the ``meta`` device with the dataset's input shape.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+from .ir import Spec
+from .render import render_script
+from .syntax import SpecAST, parse, read_spec_text
+from .validate import validate
+
+
+class ModelReport(Protocol):
+    """What the compile-time model check reports (``check.ModelReport`` has this shape)."""
+
+    @property
+    def params(self) -> int: ...
+
+    @property
+    def flops(self) -> int: ...
+
+    @property
+    def input_shape(self) -> tuple[int, ...]: ...
+
+    def describe(self) -> str: ...
+
+
+@dataclass(frozen=True)
+class Compiled:
+    """A spec that passed every compile-time stage, and its script."""
+
+    ast: SpecAST
+    spec: Spec
+    script: str
+    report: ModelReport | None
+
+    def summary(self) -> str:
+        """One line: the pipeline, and the model's size when it was checked."""
+        text = f"pipeline '{self.spec.pipeline.name}'"
+        if self.report is not None:
+            text += f", {self.report.describe()}"
+        return text
+
+
+def compile_spec(
+    path: Path | None = None, *, text: str | None = None, check_shapes: bool = True
+) -> Compiled:
+    """Parse, validate and render a spec (from ``path``, or ``text`` named ``path``).
+
+    Raises ``DiagnosticError`` for any problem in the spec, located in its source;
+    ``render.RenderError`` only for a defect in improve's own templates.
+    """
+    if text is None:
+        if path is None:
+            raise TypeError("compile_spec needs a path or text")
+        text = read_spec_text(path)
+    ast = parse(text, str(path) if path is not None else "<spec>")
+    spec = validate(ast)
+    script = render_script(spec)
+    report = _check_model(spec, ast, script) if check_shapes else None
+    return Compiled(ast, spec, script, report)
+
+
+def _check_model(spec: Spec, ast: SpecAST, script: str) -> ModelReport | None:
+    try:
+        from . import check
+    except ModuleNotFoundError as exc:
+        if exc.name != f"{__package__}.check":
+            raise
+        return None  # the model check is not installed: compile without it
+    report: ModelReport = check.check_model(spec, ast, script)
+    return report

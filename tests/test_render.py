@@ -1,0 +1,302 @@
+"""Rendering: goldens, formatting, type checks, literal safety, the compile verb."""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import subprocess
+import sys
+from pathlib import Path
+
+import jinja2
+import pytest
+
+from improve_dsl import cli, registry, render
+from improve_dsl.compiler import compile_spec
+from improve_dsl.diagnostics import DiagnosticError
+from improve_dsl.render import RenderError, format_code, literal, render_script
+from improve_dsl.validate import load, load_text
+
+ROOT = Path(__file__).resolve().parent.parent
+SPECS = sorted((ROOT / "specs").glob("*.imp"))
+GOLDEN = ROOT / "tests" / "golden"
+PYTHON = sys.executable
+
+
+def golden_path(spec: Path) -> Path:
+    return GOLDEN / f"{spec.stem}.py"
+
+
+def spec_path_text(spec: Path) -> str:
+    """Specs render with the path a user would type from the repository root."""
+    return spec.relative_to(ROOT).as_posix()
+
+
+def render_spec(spec: Path) -> str:
+    return render_script(load_text(spec.read_text(encoding="utf-8"), spec_path_text(spec)))
+
+
+# ---------------------------------------------------------------- goldens
+
+
+@pytest.mark.parametrize("spec", SPECS, ids=[s.stem for s in SPECS])
+def test_spec_renders_to_its_golden(spec: Path, request: pytest.FixtureRequest) -> None:
+    script = render_spec(spec)
+    golden = golden_path(spec)
+    if request.config.getoption("--update-golden"):
+        GOLDEN.mkdir(exist_ok=True)
+        golden.write_text(script, encoding="utf-8")
+    assert golden.exists(), f"no golden for {spec.name}: run pytest --update-golden"
+    assert script == golden.read_text(encoding="utf-8"), (
+        f"{spec.name} renders differently from {golden.relative_to(ROOT)}; if the change is "
+        "intended, run pytest tests/test_render.py --update-golden and review the diff"
+    )
+    assert format_code(script) == script, "black is not idempotent on the script"
+
+
+def test_every_golden_has_a_spec() -> None:
+    stale = {p.stem for p in GOLDEN.glob("*.py")} - {s.stem for s in SPECS}
+    assert not stale, f"goldens without a spec in specs/: {sorted(stale)}"
+
+
+def test_goldens_are_mypy_clean() -> None:
+    """One mypy run over every golden (slow: torch's stubs are large)."""
+    goldens = sorted(GOLDEN.glob("*.py"))
+    assert goldens
+    # Tensor.backward() is unannotated in torch, hence --allow-untyped-calls.
+    proc = subprocess.run(
+        [PYTHON, "-m", "mypy", "--strict", "--allow-untyped-calls", "--ignore-missing-imports",
+         "--no-error-summary", *map(str, goldens)],
+        cwd=ROOT, capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def _imports(tree: ast.Module) -> tuple[set[str], set[str]]:
+    """(top-level, nested) root module names a script imports."""
+    top, nested = set(), set()
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.Import, ast.ImportFrom)):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else [
+                node.module or ""]
+            (top if node in tree.body else nested).update(n.split(".")[0] for n in names)
+    return top, nested
+
+
+@pytest.mark.parametrize("spec", SPECS, ids=[s.stem for s in SPECS])
+def test_script_imports_only_torch_numpy_and_the_stdlib(spec: Path) -> None:
+    tree = ast.parse(render_spec(spec))
+    top, nested = _imports(tree)
+    assert top - sys.stdlib_module_names <= {"torch", "numpy"}, top
+    # Loaders import what only they need, lazily: scikit-learn for digits, torchvision for its
+    # datasets, Pillow (which comes with torchvision) for image folders.
+    assert nested - sys.stdlib_module_names <= {"sklearn", "torchvision", "PIL"}, nested
+
+
+@pytest.mark.parametrize("spec", SPECS, ids=[s.stem for s in SPECS])
+def test_script_has_no_unused_import(spec: Path) -> None:
+    tree = ast.parse(render_spec(spec))
+    bound = set()
+    for node in tree.body:
+        if isinstance(node, ast.Import) or (
+            isinstance(node, ast.ImportFrom) and node.module != "__future__"
+        ):
+            bound |= {(a.asname or a.name).split(".")[0] for a in node.names}
+    used = {n.id for n in ast.walk(tree) if isinstance(n, ast.Name)}
+    assert bound <= used | {"torch"}, bound - used
+
+
+def test_script_names_its_spec_and_hyperparameters() -> None:
+    spec = ROOT / "specs" / "fashion_mnist.imp"
+    script = render_spec(spec)
+    parsed = load(spec)
+    docstring = ast.get_docstring(ast.parse(script)) or ""
+    assert "specs/fashion_mnist.imp" in docstring and parsed.sha256 in docstring
+    assert "python train.py --split test" in docstring
+    constants = {
+        node.targets[0].id: ast.literal_eval(node.value)
+        for node in ast.parse(script).body
+        if isinstance(node, ast.Assign) and isinstance(node.targets[0], ast.Name)
+        and node.targets[0].id.isupper() and isinstance(node.value, ast.Constant)
+    }
+    assert constants["LR"] == 0.1 and constants["NESTEROV"] is True
+    assert constants["WARMUP"] == 0.2 and constants["LABEL_SMOOTHING"] == 0.1
+    assert constants["EPOCHS"] == 10 and constants["BATCH_SIZE"] == 256
+    assert constants["SPEC_SHA256"] == parsed.sha256
+    banners = [line for line in script.splitlines() if line.startswith("# ------")]
+    assert [b.rsplit(" ", 1)[-1] for b in banners] == [
+        "hyperparameters", "pipeline", "data", "augment", "model", "train", "eval", "main"]
+
+
+def test_augment_ops_render_in_order_with_their_parameters() -> None:
+    text = (ROOT / "specs" / "digits.imp").read_text().replace(
+        "ops = []", "ops = [rotation(degrees = 7.5), random_crop(padding = 3), mixup()]")
+    script = render_script(load_text(text, "specs/digits.imp"))
+    body = script[script.index("def augment_batch") : script.index("# ------", script.index(
+        "def augment_batch"))]
+    calls = [
+        line.strip() for line in body.splitlines() if line.startswith(("    images", "    targets"))
+    ]
+    assert calls == [
+        "targets = F.one_hot(labels, num_classes).float()",
+        "images = rotation(images, degrees=7.5)",
+        "images = random_crop(images, padding=3)",
+        "images, targets = mixup(images, targets, alpha=0.2)",
+    ]
+
+
+# ---------------------------------------------------------------- literal safety
+
+
+def imp_string(value: str) -> str:
+    """``value`` as a string literal of the .imp language."""
+    escapes = {"\\": "\\\\", '"': '\\"', "\n": "\\n", "\r": "\\r", "\t": "\\t", "\0": "\\0"}
+    return '"' + "".join(escapes.get(ch, ch) for ch in value) + '"'
+
+
+HOSTILE_ROOTS = [
+    '"; import os; os.system("x") #',
+    "it's \"quoted\" and 'single'",
+    "C:\\new\\table\\",
+    "line one\nline two\r\n\tindented",
+    "{{ spec }} {% include 'train.py.jinja' %} {# x #}",
+    '""" triple """ \'\'\' triple \'\'\'',
+    "\\",
+    "nul\0byte, line\u2028separator, été",
+]
+
+
+def folder_spec(root: str) -> str:
+    return (ROOT / "specs" / "image_folder.imp").read_text().replace(
+        '"data/my_images"', imp_string(root))
+
+
+def _shape(script: str, root: str) -> str:
+    """The script's AST with the root's string constant blanked out."""
+    tree = ast.parse(script)
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Constant) and node.value == root:
+            node.value = "<root>"
+    return ast.dump(tree)
+
+
+@pytest.mark.parametrize("root", HOSTILE_ROOTS)
+def test_hostile_root_changes_only_its_literal(root: str) -> None:
+    benign_spec = load_text(folder_spec("data/my_images"), "spec.imp")
+    hostile_spec = load_text(folder_spec(root), "spec.imp")
+    assert hostile_spec.data.source["root"] == root
+    # Same sha for both, so the only difference left is the root itself.
+    benign = render_script(dataclasses.replace(benign_spec, sha256="0" * 64))
+    hostile = render_script(dataclasses.replace(hostile_spec, sha256="0" * 64))
+    assert _shape(hostile, root) == _shape(benign, "data/my_images")
+    assigned = {
+        node.targets[0].id: node.value
+        for node in ast.parse(hostile).body
+        if isinstance(node, ast.Assign) and isinstance(node.targets[0], ast.Name)
+    }
+    assert ast.literal_eval(assigned["DATA_ROOT"]) == root
+
+
+def test_hostile_spec_path_stays_inside_the_docstring() -> None:
+    path = 'x"""; import os #\\\n.imp'
+    spec = load_text((ROOT / "specs" / "digits.imp").read_text(), path)
+    tree = ast.parse(render_script(spec))
+    assert path in (ast.get_docstring(tree) or "")
+    plain = ast.parse(render_script(dataclasses.replace(spec, path="specs/digits.imp")))
+    assert len(tree.body) == len(plain.body)
+
+
+@pytest.mark.parametrize(
+    "value", [0, -7, 2**40, 0.1, 1e-300, -2.5, True, False, None, "", "a'b\"c\\\n", (1, 2),
+              (3,), ((1, "x"), None)]
+)
+def test_literal_round_trips(value: object) -> None:
+    assert ast.literal_eval(literal(value)) == value
+
+
+class Sneaky(str):
+    def __repr__(self) -> str:
+        return "__import__('os')"
+
+
+@pytest.mark.parametrize(
+    "value", [[1], {"a": 1}, {1}, float("nan"), float("inf"), object(), Sneaky("x"), b"x",
+              (1, [2])]
+)
+def test_literal_refuses_what_is_not_a_plain_literal(value: object) -> None:
+    with pytest.raises(RenderError):
+        literal(value)
+
+
+def test_literal_refuses_undefined() -> None:
+    template = render.environment().from_string("x = {{ missing | literal }}")
+    with pytest.raises(RenderError, match="undefined"):
+        template.render()
+
+
+def test_jinja_errors_become_render_errors_naming_the_template() -> None:
+    spec = load(ROOT / "specs" / "digits.imp")
+    with pytest.raises(RenderError, match=r"templates/train\.py\.jinja:\d+"):
+        render._render("train.py.jinja", {"spec": spec})  # no `script` in the context
+    with pytest.raises(RenderError, match="not-there"):
+        render._render("not-there.py.jinja", {})
+
+
+def test_environment_is_strict() -> None:
+    env = render.environment()
+    assert env.undefined is jinja2.StrictUndefined
+    assert env.trim_blocks and env.lstrip_blocks and env.keep_trailing_newline
+
+
+def test_every_registry_component_has_its_fragment() -> None:
+    templates = ROOT / "templates"
+    for category in ("source", "validation", "augment", "optimizer", "schedule", "loss", "ema",
+                     "tta"):
+        for comp in registry.components(category):
+            assert (templates / comp.template).is_file(), comp.template
+
+
+# ---------------------------------------------------------------- compile pipeline and verb
+
+
+def test_compile_spec_reports_the_model() -> None:
+    path = ROOT / "specs" / "digits.imp"
+    compiled = compile_spec(path)
+    assert compiled.spec.pipeline.name == "digits"
+    assert compiled.script == golden_path(path).read_text().replace("specs/digits.imp", str(path))
+    assert compiled.report is not None and compiled.report.params > 0
+    assert compiled.summary().startswith("pipeline 'digits', ")
+    assert "parameters" in compiled.summary()
+    unchecked = compile_spec(ROOT / "specs" / "digits.imp", check_shapes=False)
+    assert unchecked.report is None and unchecked.summary() == "pipeline 'digits'"
+
+
+def test_compile_spec_from_text_raises_located_diagnostics() -> None:
+    with pytest.raises(DiagnosticError) as info:
+        compile_spec(Path("bad.imp"), text="pipeline p {\n  seed = -1\n}\n")
+    rendered = info.value.render()
+    assert "bad.imp:2:10: error: field 'seed' must be at least 0" in rendered
+    assert "missing block 'data'" in rendered
+
+
+def test_compile_verb_writes_the_script(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "sub" / "train.py"
+    assert cli.main(["compile", str(ROOT / "specs" / "digits.imp"), "-o", str(out)]) == 0
+    assert out.read_text() == golden_path(ROOT / "specs" / "digits.imp").read_text().replace(
+        "specs/digits.imp", str(ROOT / "specs" / "digits.imp"))
+    assert f"wrote {out}" in capsys.readouterr().err
+
+
+def test_compile_verb_prints_to_stdout_and_fails_on_a_bad_spec(tmp_path: Path) -> None:
+    proc = subprocess.run([PYTHON, "-m", "improve_dsl.cli", "compile", "specs/digits.imp"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == golden_path(ROOT / "specs" / "digits.imp").read_text()
+    bad = tmp_path / "bad.imp"
+    bad.write_text("pipeline p {\n  seed = 0\n}\ndata {\n  source = digitz()\n}\n")
+    proc = subprocess.run([PYTHON, "-m", "improve_dsl.cli", "compile", str(bad)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert proc.stdout == ""
+    assert "unknown data source 'digitz'" in proc.stderr and "did you mean 'digits'" in proc.stderr
+    assert "Traceback" not in proc.stderr
