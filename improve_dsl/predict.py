@@ -1,0 +1,170 @@
+"""Classify images with a finished run's model: ``improve predict RUN_DIR IMAGE...``.
+
+The run directory holds ``model.pt`` (weights, class names, input size, normalisation) and
+``train.py``, the script that trained it. The model class is taken from that script, imported
+as a module (it is our own template output, and its training code sits behind
+``if __name__ == "__main__":``), so the architecture is exactly the one that was trained.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import torch
+
+
+class PredictError(Exception):
+    """A problem with the run directory or an image, told in one line."""
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """The most likely class of one image and its probability."""
+
+    path: str
+    label: str
+    probability: float
+
+
+@dataclass
+class LoadedModel:
+    """A trained model ready for inference, with what its inputs must look like."""
+
+    model: torch.nn.Module
+    class_names: list[str]
+    channels: int
+    height: int
+    width: int
+    mean: list[float]
+    std: list[float]
+
+
+def load_run(run_dir: Path) -> LoadedModel:
+    """The model of a finished run, in eval mode on the CPU."""
+    if not run_dir.is_dir():
+        raise PredictError(f"{run_dir} is not a run directory (it does not exist)")
+    weights = run_dir / "model.pt"
+    script = run_dir / "train.py"
+    if not weights.is_file():
+        raise PredictError(
+            f"{run_dir} has no model.pt: the run did not finish, or this is not a run directory"
+        )
+    if not script.is_file():
+        raise PredictError(f"{run_dir} has no train.py, so the model's architecture is unknown")
+    import torch
+
+    try:
+        checkpoint = torch.load(weights, map_location="cpu", weights_only=True)
+    except Exception as exc:  # a truncated or foreign file: say so in one line
+        raise PredictError(f"cannot read {weights}: {_first_line(exc)}") from None
+    try:
+        state_dict = checkpoint["state_dict"]
+        class_names = [str(name) for name in checkpoint["class_names"]]
+        channels, height, width = (int(v) for v in checkpoint["input_size"])
+        mean = [float(v) for v in _flat(checkpoint["mean"])]
+        std = [float(v) for v in _flat(checkpoint["std"])]
+    except (KeyError, TypeError, ValueError) as exc:
+        raise PredictError(f"{weights} is not a model saved by improve ({exc!s})") from None
+    module = _import_script(script)
+    try:
+        model: torch.nn.Module = module.build_model(channels, len(class_names), height)
+        # A compiled model's weights are saved under ``_orig_mod.``; the plain module has none.
+        cleaned = {k.removeprefix("_orig_mod."): v for k, v in state_dict.items()}
+        model.load_state_dict(cleaned)
+    except Exception as exc:
+        raise PredictError(
+            f"the weights in {weights} do not fit the model of {script}: {_first_line(exc)}"
+        ) from None
+    model.eval()
+    return LoadedModel(model, class_names, channels, height, width, mean, std)
+
+
+def _flat(value: Any) -> list[Any]:
+    if hasattr(value, "tolist"):
+        value = value.tolist()
+    if isinstance(value, (int, float)):
+        return [value]
+    out: list[Any] = []
+    for item in value:
+        out.extend(_flat(item))
+    return out
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip() or type(exc).__name__
+    return text.splitlines()[0]
+
+
+def _import_script(script: Path) -> Any:
+    """The run's ``train.py`` as a module (nothing trains on import)."""
+    name = f"_improve_run_{abs(hash(script.resolve()))}"
+    spec = importlib.util.spec_from_file_location(name, script)
+    if spec is None or spec.loader is None:
+        raise PredictError(f"cannot import {script}")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses in the script look their module up here
+    try:
+        spec.loader.exec_module(module)
+    except Exception as exc:
+        raise PredictError(f"cannot import {script}: {_first_line(exc)}") from None
+    if not callable(getattr(module, "build_model", None)):
+        raise PredictError(f"{script} defines no build_model()")
+    return module
+
+
+def load_image(path: Path, loaded: LoadedModel) -> torch.Tensor:
+    """One image as the model saw its training images: mode, size, then normalisation."""
+    import numpy as np
+    import torch
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as image:
+            # As the training script's decode_image: 16-bit and float images are stretched to
+            # 8 bits, then converted to the model's mode and resized bilinearly.
+            if image.mode in ("I", "I;16", "I;16B", "I;16L", "F"):
+                values = np.asarray(image, dtype=np.float32)
+                values = values * (255 / max(float(values.max()), 1.0))
+                image8 = Image.fromarray(values.astype(np.uint8))
+            else:
+                image8 = image.copy()
+        converted = image8.convert("L" if loaded.channels == 1 else "RGB")
+        if converted.size != (loaded.width, loaded.height):
+            converted = converted.resize((loaded.width, loaded.height), Image.Resampling.BILINEAR)
+        array = np.asarray(converted, dtype=np.float32) / 255.0
+    except FileNotFoundError:
+        raise PredictError(f"{path}: no such file") from None
+    except IsADirectoryError:
+        raise PredictError(f"{path} is a folder, not an image") from None
+    except UnidentifiedImageError:
+        raise PredictError(f"{path} is not an image that can be read") from None
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+        # truncated or corrupt image data
+        raise PredictError(f"{path} cannot be read as an image: {_first_line(exc)}") from None
+    if array.ndim == 2:
+        array = array[:, :, None]
+    tensor = torch.from_numpy(array).permute(2, 0, 1)
+    mean = torch.tensor(loaded.mean, dtype=torch.float32).view(-1, 1, 1)
+    std = torch.tensor(loaded.std, dtype=torch.float32).view(-1, 1, 1)
+    return (tensor - mean) / std
+
+
+def predict(run_dir: Path, images: list[Path]) -> list[Prediction]:
+    """The most likely class of each image, in order. Every image is read before any is
+    classified, so an unreadable one stops the command before it prints anything."""
+    import torch
+
+    loaded = load_run(run_dir)
+    batch = torch.stack([load_image(path, loaded) for path in images])
+    with torch.no_grad():
+        probabilities = torch.softmax(loaded.model(batch).float(), dim=1)
+    best = probabilities.max(dim=1)
+    return [
+        Prediction(str(path), loaded.class_names[int(index)], float(prob))
+        for path, prob, index in zip(images, best.values, best.indices, strict=True)
+    ]
