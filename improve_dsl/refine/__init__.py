@@ -1,1 +1,1 @@
-"""Iterative Refinement: select a block, propose a rewrite, check it, train it, keep it if better."""
+"""Iterative Refinement: pick a block, propose a rewrite, check, train, keep it if better."""

@@ -1,0 +1,206 @@
+"""Run training jobs on this machine: up to K subprocesses at once, one GPU each.
+
+Each job runs ``run.run_script`` in a worker thread (the training itself is a subprocess, so
+threads are enough). With several GPUs every running job sees one of them through
+``CUDA_VISIBLE_DEVICES``; on CPU the cores are divided between concurrent jobs.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import contextlib
+import os
+import queue
+import signal
+import threading
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from ..run import RunResult, run_script
+from .base import Executor, JobHandle, TrainJob
+
+
+class LocalHandle(JobHandle):
+    """A job running (or queued) in a local worker thread."""
+
+    def __init__(self, job: TrainJob, future: cf.Future[RunResult]) -> None:
+        self.job = job
+        self.future = future
+
+    def done(self) -> bool:
+        return self.future.done()
+
+
+def visible_gpus(device: str) -> list[str]:
+    """The GPU ids jobs may be spread over: none unless ``device`` is auto or cuda."""
+    if device not in ("auto", "cuda"):
+        return []
+    listed = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if listed is not None:
+        return [d.strip() for d in listed.split(",") if d.strip() and d.strip() != "-1"]
+    try:
+        import torch
+    except ImportError:
+        return []
+    try:
+        count = int(torch.cuda.device_count())
+    except Exception:  # a broken driver means no GPU, not a crash
+        count = 0
+    return [str(i) for i in range(count)]
+
+
+class LocalExecutor(Executor):
+    """``slots`` concurrent training subprocesses on this machine.
+
+    ``gpus`` (default: detected for ``device``) are handed out one per running job;
+    ``threads`` per job default to the CPU cores divided between the slots.
+    """
+
+    def __init__(
+        self,
+        slots: int = 1,
+        *,
+        device: str = "auto",
+        gpus: Sequence[str] | None = None,
+        threads: int | None = None,
+    ) -> None:
+        if slots < 1:
+            raise ValueError("an executor needs at least one slot")
+        self.slots = slots
+        self.gpus = list(visible_gpus(device) if gpus is None else gpus)
+        cores = os.cpu_count() or 1
+        self.threads = threads if threads is not None else (
+            max(1, cores // slots) if slots > 1 else None
+        )
+        self._pool = cf.ThreadPoolExecutor(max_workers=slots, thread_name_prefix="improve-job")
+        self._slots: queue.Queue[int] = queue.Queue()
+        for index in range(slots):
+            self._slots.put(index)
+        self._cancelled = threading.Event()
+        self._lock = threading.Lock()
+        self._running: dict[int, TrainJob] = {}  # slot → job
+        self._handles: list[LocalHandle] = []
+
+    # ------------------------------------------------------------ the interface
+
+    def submit(self, job: TrainJob) -> LocalHandle:
+        if self._cancelled.is_set():
+            raise RuntimeError("the executor was cancelled")
+        handle = LocalHandle(job, self._pool.submit(self._run, job))
+        self._handles.append(handle)
+        return handle
+
+    def wait(self, handle: JobHandle) -> RunResult:
+        assert isinstance(handle, LocalHandle)
+        return _result(handle.future)
+
+    def as_completed(self, handles: Iterable[JobHandle]) -> Iterator[tuple[JobHandle, RunResult]]:
+        by_future: dict[cf.Future[RunResult], LocalHandle] = {}
+        for handle in handles:
+            assert isinstance(handle, LocalHandle)
+            by_future[handle.future] = handle
+        pending = set(by_future)
+        while pending:
+            # A timeout keeps the main thread responsive to Ctrl-C.
+            done, pending = cf.wait(pending, timeout=0.5, return_when=cf.FIRST_COMPLETED)
+            for future in done:
+                yield by_future[future], _result(future)
+
+    def cancel_all(self) -> None:
+        self._cancelled.set()
+        for handle in self._handles:
+            handle.future.cancel()
+        with self._lock:
+            running = list(self._running.values())
+        for job in running:
+            _kill_job_processes(job)
+
+    def close(self) -> None:
+        self.cancel_all()
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+    # ------------------------------------------------------------ a worker
+
+    def _run(self, job: TrainJob) -> RunResult:
+        slot = self._slots.get()
+        try:
+            with self._lock:
+                self._running[slot] = job
+            if self._cancelled.is_set():
+                return _interrupted(job)
+            env: dict[str, str] = {}
+            if self.gpus and (self.slots > 1 or len(self.gpus) > 1):
+                env["CUDA_VISIBLE_DEVICES"] = self.gpus[slot % len(self.gpus)]
+            result = run_script(
+                job.script,
+                job.out_dir,
+                split=job.split,
+                device=job.device,
+                seed=job.seed,
+                timeout=job.timeout,
+                batch_size=job.batch_size,
+                threads=job.threads if job.threads is not None else self.threads,
+                on_event=self._events(job),
+                extra_env=env,
+            )
+            if self._cancelled.is_set() and result.status != "ok":
+                return replace(result, status="interrupted", reason="cancelled")
+            return result
+        finally:
+            with self._lock:
+                self._running.pop(slot, None)
+            self._slots.put(slot)
+
+    def _events(self, job: TrainJob) -> Any:
+        def on_event(event: dict[str, Any]) -> bool:
+            if self._cancelled.is_set():
+                return False
+            if job.on_event is None:
+                return True
+            return job.on_event(event) is not False
+
+        return on_event
+
+
+def _result(future: cf.Future[RunResult]) -> RunResult:
+    try:
+        return future.result()
+    except cf.CancelledError:
+        raise
+    except Exception as exc:  # a bug of ours in a worker must still reach the caller
+        raise RuntimeError(f"a training job failed to run: {exc}") from exc
+
+
+def _interrupted(job: TrainJob) -> RunResult:
+    return RunResult("interrupted", None, f"{job.split}_accuracy", [], "cancelled", 0.0,
+                     job.out_dir / "log")
+
+
+def _kill_job_processes(job: TrainJob) -> None:
+    """End the training subprocess of ``job`` now, without waiting for its next event.
+
+    ``run_script`` starts each script in a process group of its own (so the terminal's Ctrl-C
+    does not reach it); we find our child by its command line and end its group.
+    """
+    marker = str(job.out_dir).encode()
+    script = str(job.script).encode()
+    me = os.getpid()
+    proc = Path("/proc")
+    if not proc.is_dir():
+        return
+    for entry in proc.iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            ppid = int(stat.rsplit(")", 1)[1].split()[1])
+            if ppid != me:
+                continue
+            cmdline = (entry / "cmdline").read_bytes()
+        except (OSError, ValueError, IndexError):
+            continue
+        if script in cmdline and marker in cmdline:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(int(entry.name), signal.SIGTERM)

@@ -1,0 +1,349 @@
+"""The record of a refinement run, and the results cache shared by a spec's runs.
+
+A run lives in ``<spec>.improve/<run-id>/``::
+
+    start.imp            the spec as it was when the run began
+    journal.jsonl        one JSON record per finished attempt, appended and fsynced
+    state.json           what ``--resume`` needs: the options, the spec path, what was written
+    best.imp             the best spec so far
+    final.json           the best spec's one score on the test split, at the end
+    candidates/<i>/      each attempt's spec.imp, train.py, log and metrics.json
+
+The journal is the truth: state is rebuilt from it on resume, and a reader skips a torn last
+line (a process killed mid-write). ``<spec>.improve/cache/`` maps a compiled script, a seed
+and a split to the metrics of its run, so a repeated proposal costs nothing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import tempfile
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+STATUSES = ("accepted", "rejected", "invalid", "failed", "pruned", "cached")
+# The fields every journal record has, in this order; anything else goes into ``extras``.
+RECORD_FIELDS = (
+    "iteration",
+    "block",
+    "status",
+    "metric",
+    "incumbent_metric",
+    "spec_sha256",
+    "diff",
+    "rationale",
+    "expert",
+    "tokens",
+    "cost_usd",
+    "seconds",
+)
+BASELINE = "baseline"  # the block name of iteration 0, the run of the starting spec
+
+
+class JournalError(Exception):
+    """A run directory that cannot be used (missing, or not a run directory)."""
+
+
+def sha256_text(text: str) -> str:
+    """The hex sha256 of text encoded as UTF-8."""
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Replace ``path`` with ``text`` all at once: a reader sees the old or the new file, never
+    half of one (write a temporary file beside it, fsync, rename over)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    mode: int | None = None
+    with contextlib.suppress(FileNotFoundError):
+        mode = path.stat().st_mode & 0o7777
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        if mode is not None:
+            os.chmod(tmp, mode)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    _fsync_dir(path.parent)
+
+
+def _fsync_dir(directory: Path) -> None:
+    # The rename itself is durable only once the directory entry is on disk.
+    with contextlib.suppress(OSError):
+        fd = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def atomic_write_json(path: Path, value: Any) -> None:
+    """``atomic_write_text`` of an indented JSON document."""
+    atomic_write_text(path, json.dumps(value, indent=2, sort_keys=False) + "\n")
+
+
+# ---------------------------------------------------------------- records
+
+
+@dataclass
+class Record:
+    """One finished attempt (iteration 0 is the baseline run of the starting spec).
+
+    ``metric`` is the mean validation score over the seeds (None when no run finished);
+    ``extras`` holds what else the loop keeps: ``move``, ``seeds``, ``metrics`` (one per
+    seed), ``candidate`` (its folder, relative to the run), ``reason``, ``feedback``...
+    """
+
+    iteration: int
+    block: str
+    status: str
+    metric: float | None
+    incumbent_metric: float | None
+    spec_sha256: str
+    diff: str = ""
+    rationale: str = ""
+    expert: str = ""
+    tokens: int = 0
+    cost_usd: float = 0.0
+    seconds: float = 0.0
+    extras: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.status not in STATUSES:
+            raise ValueError(f"unknown attempt status {self.status!r}")
+
+    @property
+    def move(self) -> str:
+        return str(self.extras.get("move", ""))
+
+    @property
+    def accepted(self) -> bool:
+        return self.status == "accepted"
+
+    def to_json(self) -> dict[str, Any]:
+        """The record as one JSON object: the fixed fields first, then the extras."""
+        value: dict[str, Any] = {name: getattr(self, name) for name in RECORD_FIELDS}
+        for key, extra in self.extras.items():
+            if key not in value:
+                value[key] = extra
+        return value
+
+    @classmethod
+    def from_json(cls, value: Mapping[str, Any]) -> Record:
+        """A record from its JSON object; missing optional fields take their defaults."""
+        known = {name: value[name] for name in RECORD_FIELDS if name in value}
+        extras = {k: v for k, v in value.items() if k not in RECORD_FIELDS}
+        return cls(**known, extras=extras)
+
+
+def read_journal(path: Path) -> list[Record]:
+    """Every complete record in a journal file, in file order.
+
+    A last line without its newline, or one that is not JSON, is what a kill mid-write leaves:
+    it is skipped (that attempt did not finish). A bad line elsewhere is skipped too.
+    """
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return []
+    records: list[Record] = []
+    lines = data.split(b"\n")
+    # The piece after the last newline is a torn write (or empty): never a finished record.
+    for raw in lines[:-1]:
+        if not raw.strip():
+            continue
+        try:
+            value = json.loads(raw.decode("utf-8"))
+            records.append(Record.from_json(value))
+        except (ValueError, TypeError, KeyError):
+            continue
+    return records
+
+
+# ---------------------------------------------------------------- the run directory
+
+
+def runs_root(spec_path: Path) -> Path:
+    """``<spec>.improve/``: where a spec's runs and its results cache live."""
+    return spec_path.parent / f"{spec_path.stem}.improve"
+
+
+def new_run_id(root: Path) -> str:
+    """A fresh, sortable run id: the local time, with a suffix when two start in one second."""
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    candidate = stamp
+    n = 2
+    while (root / candidate).exists():
+        candidate = f"{stamp}-{n}"
+        n += 1
+    return candidate
+
+
+class RunDir:
+    """One run's folder: journal, state, candidates and the best spec."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    # ------------------------------------------------------------ creating and opening
+
+    @classmethod
+    def create(cls, path: Path, start_text: str) -> RunDir:
+        """A new run folder at ``path`` holding the starting spec."""
+        if path.exists() and any(path.iterdir()):
+            raise JournalError(f"{path} already exists and is not empty; choose another --run-dir")
+        path.mkdir(parents=True, exist_ok=True)
+        run = cls(path)
+        # Keep runs and the cache out of `git status` unless the user asks for them.
+        ignore = path.parent / ".gitignore"
+        if path.parent.name.endswith(".improve") and not ignore.exists():
+            with contextlib.suppress(OSError):
+                ignore.write_text("# written by improve: run folders and the results cache\n*\n")
+        atomic_write_text(run.start_spec, start_text)
+        run.candidates.mkdir(exist_ok=True)
+        return run
+
+    @classmethod
+    def open(cls, path: Path) -> RunDir:
+        """An existing run folder, for ``--resume``."""
+        run = cls(path)
+        if not path.is_dir():
+            raise JournalError(f"{path} is not a run directory (it does not exist)")
+        if not run.state_path.is_file() or not run.start_spec.is_file():
+            raise JournalError(
+                f"{path} is not a run directory of `improve refine` (no state.json or start.imp)"
+            )
+        return run
+
+    # ------------------------------------------------------------ paths
+
+    @property
+    def start_spec(self) -> Path:
+        return self.path / "start.imp"
+
+    @property
+    def journal_path(self) -> Path:
+        return self.path / "journal.jsonl"
+
+    @property
+    def state_path(self) -> Path:
+        return self.path / "state.json"
+
+    @property
+    def best_spec(self) -> Path:
+        return self.path / "best.imp"
+
+    @property
+    def final_path(self) -> Path:
+        return self.path / "final.json"
+
+    @property
+    def candidates(self) -> Path:
+        return self.path / "candidates"
+
+    def candidate_dir(self, iteration: int) -> Path:
+        return self.candidates / str(iteration)
+
+    # ------------------------------------------------------------ journal
+
+    def append(self, record: Record) -> None:
+        """Append one record and make it durable before returning."""
+        line = json.dumps(record.to_json(), ensure_ascii=False) + "\n"
+        with open(self.journal_path, "ab") as handle:
+            # A torn line left by an earlier kill must not swallow this record.
+            if handle.tell() > 0 and not _ends_with_newline(self.journal_path):
+                handle.write(b"\n")
+            handle.write(line.encode("utf-8"))
+            handle.flush()
+            os.fsync(handle.fileno())
+
+    def records(self) -> list[Record]:
+        """The finished attempts, in iteration order; the first record of an iteration wins."""
+        seen: dict[int, Record] = {}
+        for record in read_journal(self.journal_path):
+            seen.setdefault(record.iteration, record)
+        return [seen[i] for i in sorted(seen)]
+
+    # ------------------------------------------------------------ state, best, final
+
+    def write_state(self, state: Mapping[str, Any]) -> None:
+        atomic_write_json(self.state_path, dict(state))
+
+    def read_state(self) -> dict[str, Any]:
+        try:
+            value = json.loads(self.state_path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise JournalError(f"cannot read {self.state_path}: {exc}") from None
+        if not isinstance(value, dict):
+            raise JournalError(f"{self.state_path} does not hold a JSON object")
+        return value
+
+    def write_best(self, text: str) -> None:
+        atomic_write_text(self.best_spec, text)
+
+    def write_final(self, value: Mapping[str, Any]) -> None:
+        atomic_write_json(self.final_path, dict(value))
+
+
+def _ends_with_newline(path: Path) -> bool:
+    with open(path, "rb") as handle:
+        handle.seek(-1, os.SEEK_END)
+        return handle.read(1) == b"\n"
+
+
+def iter_runs(spec_path: Path) -> Iterator[Path]:
+    """The run folders of a spec, oldest first."""
+    root = runs_root(spec_path)
+    if not root.is_dir():
+        return
+    for child in sorted(root.iterdir()):
+        if child.is_dir() and (child / "state.json").is_file():
+            yield child
+
+
+# ---------------------------------------------------------------- results cache
+
+
+class ResultCache:
+    """Metrics of finished runs, keyed by the compiled script, the seed and the split.
+
+    The script embeds every hyperparameter, so the same script and seed train the same model:
+    a repeated proposal is answered from here instead of training again. One small JSON file
+    per entry, written atomically, so concurrent runs and kills cannot corrupt it.
+    """
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    @staticmethod
+    def key(script: str, seed: int | None, split: str, **overrides: object) -> str:
+        """The entry's name: sha256 of the script, the seed, the split and any overrides."""
+        parts = [sha256_text(script), f"seed={seed}", f"split={split}"]
+        parts += [f"{k}={v}" for k, v in sorted(overrides.items()) if v is not None]
+        return sha256_text("\n".join(parts))
+
+    def _path(self, key: str) -> Path:
+        return self.root / key[:2] / f"{key}.json"
+
+    def get(self, key: str) -> dict[str, Any] | None:
+        """The cached metrics, or None."""
+        try:
+            value = json.loads(self._path(key).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return None
+        return value if isinstance(value, dict) else None
+
+    def put(self, key: str, metrics: Mapping[str, Any]) -> None:
+        with contextlib.suppress(OSError):  # a cache that cannot be written only costs time
+            atomic_write_json(self._path(key), dict(metrics))

@@ -1,0 +1,346 @@
+"""What `improve refine` shows while it works.
+
+On a terminal: a rich live view with the current iteration, block and expert, a progress bar
+per running candidate (epoch i/E and its score), and a table of past attempts; at the end a
+summary table (start → best on validation, the test score once). When stdout is not a
+terminal (CI logs, pipes): one plain line per event, no escape codes.
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import IO, Any, Protocol
+
+from rich.console import Console, Group
+from rich.live import Live
+from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
+from rich.table import Table
+from rich.text import Text
+
+from ..journal import Record
+
+STATUS_STYLES = {
+    "accepted": "bold green",
+    "rejected": "yellow",
+    "invalid": "magenta",
+    "failed": "red",
+    "pruned": "dim yellow",
+    "cached": "cyan",
+}
+
+
+@dataclass(frozen=True)
+class RunInfo:
+    """What the view says about the run as it starts."""
+
+    spec_path: str
+    run_dir: str
+    expert: str
+    metric_name: str
+    iters: int
+    selector: str
+    strategy: str
+    seeds: int
+    parallel: int
+    resumed: bool = False
+
+
+@dataclass(frozen=True)
+class Summary:
+    """The end of a run, as shown to the user."""
+
+    metric_name: str
+    start_metric: float | None
+    best_metric: float | None
+    best_iteration: int
+    test_metric_name: str | None
+    test_metric: float | None
+    counts: dict[str, int]
+    stopped: str
+    best_spec: str
+    spec_path: str
+    spec_updated: bool
+    user_modified: bool
+    run_dir: str
+
+
+class Reporter(Protocol):
+    """Receives the loop's events; called from the loop's thread and from job threads."""
+
+    def run_started(self, info: RunInfo, records: Sequence[Record]) -> None: ...
+
+    def attempt_started(self, iteration: int, block: str, expert: str, note: str) -> None: ...
+
+    def progress(self, iteration: int, seed: int | None, event: dict[str, Any]) -> None: ...
+
+    def attempt_finished(self, record: Record) -> None: ...
+
+    def message(self, text: str) -> None: ...
+
+    def finished(self, summary: Summary) -> None: ...
+
+    def close(self) -> None: ...
+
+
+def fmt_metric(value: float | None) -> str:
+    return "—" if value is None else f"{value:.4f}"
+
+
+def fmt_delta(metric: float | None, incumbent: float | None) -> str:
+    if metric is None or incumbent is None:
+        return ""
+    return f"{metric - incumbent:+.4f}"
+
+
+def describe_record(record: Record) -> str:
+    """One line for an attempt: ``#3 train accepted 0.9531 (+0.0214) move — rationale``."""
+    head = f"#{record.iteration} {record.block} {record.status}"
+    score = fmt_metric(record.metric)
+    delta = fmt_delta(record.metric, record.incumbent_metric)
+    line = f"{head} {score}" + (f" ({delta})" if delta else "")
+    reason = record.extras.get("reason")
+    if reason and record.status in ("failed", "pruned", "invalid", "rejected"):
+        line += f": {str(reason).splitlines()[0]}"
+    elif record.rationale:
+        line += f" — {record.rationale.splitlines()[0][:160]}"
+    return line
+
+
+def summary_lines(summary: Summary) -> list[str]:
+    """The end-of-run summary as plain lines (also the tail of the rich summary)."""
+    lines = [
+        f"{summary.metric_name}: {fmt_metric(summary.start_metric)} → "
+        f"{fmt_metric(summary.best_metric)}"
+        + (f" ({fmt_delta(summary.best_metric, summary.start_metric)})"
+           if summary.start_metric is not None and summary.best_metric is not None else "")
+        + f", best at iteration {summary.best_iteration}",
+    ]
+    if summary.test_metric_name is not None:
+        lines.append(
+            f"{summary.test_metric_name} (best spec, scored once): "
+            f"{fmt_metric(summary.test_metric)}"
+        )
+    counts = ", ".join(f"{n} {s}" for s, n in summary.counts.items() if n)
+    lines.append(f"attempts: {counts or 'none'}; stopped: {summary.stopped}")
+    if summary.user_modified:
+        lines.append(
+            f"{summary.spec_path} was changed by someone else during the run and was left "
+            f"untouched; the best spec is {summary.best_spec}"
+        )
+    elif summary.spec_updated:
+        lines.append(f"{summary.spec_path} now holds the best spec (also {summary.best_spec})")
+    else:
+        lines.append(f"{summary.spec_path} is unchanged (no improvement); run: {summary.run_dir}")
+    return lines
+
+
+class NullReporter:
+    """Says nothing (library use, tests)."""
+
+    def run_started(self, info: RunInfo, records: Sequence[Record]) -> None:
+        pass
+
+    def attempt_started(self, iteration: int, block: str, expert: str, note: str) -> None:
+        pass
+
+    def progress(self, iteration: int, seed: int | None, event: dict[str, Any]) -> None:
+        pass
+
+    def attempt_finished(self, record: Record) -> None:
+        pass
+
+    def message(self, text: str) -> None:
+        pass
+
+    def finished(self, summary: Summary) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+class PlainReporter:
+    """One line per event, for logs: no colours, no cursor movement."""
+
+    def __init__(self, stream: IO[str] | None = None) -> None:
+        self.stream = stream or sys.stdout
+        self._lock = threading.Lock()
+        self.metric_name = "val_accuracy"
+
+    def _say(self, text: str) -> None:
+        with self._lock:
+            print(text, file=self.stream, flush=True)
+
+    def run_started(self, info: RunInfo, records: Sequence[Record]) -> None:
+        self.metric_name = info.metric_name
+        verb = "resuming" if info.resumed else "refining"
+        self._say(
+            f"{verb} {info.spec_path}: expert {info.expert}, {info.iters} iterations, select "
+            f"{info.selector}, {info.strategy}, {info.seeds} seed(s), parallel {info.parallel}"
+        )
+        self._say(f"run directory: {info.run_dir}")
+        for record in records:
+            self._say("  " + describe_record(record))
+
+    def attempt_started(self, iteration: int, block: str, expert: str, note: str) -> None:
+        self._say(f"[{iteration}] {block} ({expert})" + (f": {note}" if note else ""))
+
+    def progress(self, iteration: int, seed: int | None, event: dict[str, Any]) -> None:
+        if event.get("event") != "epoch":
+            return
+        score = event.get(self.metric_name)
+        seed_text = f" seed {seed}" if seed is not None else ""
+        score_text = f" {self.metric_name} {score:.4f}" if isinstance(score, float) else ""
+        self._say(
+            f"[{iteration}]{seed_text} epoch {event.get('epoch')}/{event.get('epochs')}"
+            f"{score_text}"
+        )
+
+    def attempt_finished(self, record: Record) -> None:
+        self._say(describe_record(record))
+
+    def message(self, text: str) -> None:
+        self._say(text)
+
+    def finished(self, summary: Summary) -> None:
+        for line in summary_lines(summary):
+            self._say(line)
+
+    def close(self) -> None:
+        pass
+
+
+class RichReporter:
+    """A live terminal view: header, running candidates' progress, past attempts."""
+
+    def __init__(self, console: Console | None = None) -> None:
+        self.console = console or Console()
+        self._lock = threading.RLock()
+        self.info: RunInfo | None = None
+        self.records: list[Record] = []
+        self.current = ""
+        self.progress_bars = Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            TextColumn("epoch {task.completed:.0f}/{task.total:.0f}"),
+            TextColumn("{task.fields[score]}"),
+            TimeElapsedColumn(),
+            console=self.console,
+        )
+        self.tasks: dict[tuple[int, int | None], TaskID] = {}
+        self.live = Live(self._render(), console=self.console, refresh_per_second=4,
+                         transient=False)
+        self._started = False
+
+    def _table(self) -> Table:
+        table = Table(title="attempts", title_justify="left", expand=False)
+        for column in ("#", "block", "status", "metric", "Δ", "rationale / reason"):
+            table.add_column(column, overflow="fold" if column.startswith("rat") else "ellipsis")
+        for record in self.records[-12:]:
+            reason = record.extras.get("reason") if record.status in (
+                "failed", "pruned", "invalid", "rejected") else None
+            note = str(reason or record.rationale or "").splitlines()[0:1]
+            table.add_row(
+                str(record.iteration),
+                record.block,
+                Text(record.status, style=STATUS_STYLES.get(record.status, "")),
+                fmt_metric(record.metric),
+                fmt_delta(record.metric, record.incumbent_metric),
+                (note[0][:90] if note else ""),
+            )
+        return table
+
+    def _render(self) -> Group:
+        header = Text()
+        if self.info is not None:
+            header.append(f"improve refine {self.info.spec_path}", style="bold")
+            header.append(f"  expert {self.info.expert}  select {self.info.selector}  "
+                          f"{self.info.metric_name}\n", style="dim")
+        header.append(self.current or "starting…")
+        return Group(header, self.progress_bars, self._table())
+
+    def _refresh(self) -> None:
+        if self._started:
+            self.live.update(self._render())
+
+    def run_started(self, info: RunInfo, records: Sequence[Record]) -> None:
+        with self._lock:
+            self.info = info
+            self.records = list(records)
+            if not self._started:
+                self.live.start()
+                self._started = True
+            self._refresh()
+
+    def attempt_started(self, iteration: int, block: str, expert: str, note: str) -> None:
+        with self._lock:
+            self.current = f"iteration {iteration}: {block} ({expert})" + (
+                f" — {note}" if note else "")
+            self._refresh()
+
+    def progress(self, iteration: int, seed: int | None, event: dict[str, Any]) -> None:
+        kind = event.get("event")
+        if kind not in ("start", "epoch"):
+            return
+        with self._lock:
+            key = (iteration, seed)
+            total = float(event.get("epochs") or 1)
+            if key not in self.tasks:
+                label = f"#{iteration}" + (f" seed {seed}" if seed is not None else "")
+                self.tasks[key] = self.progress_bars.add_task(label, total=total, score="")
+            metric = self.info.metric_name if self.info else "val_accuracy"
+            score = event.get(metric)
+            self.progress_bars.update(
+                self.tasks[key],
+                total=total,
+                completed=float(event.get("epoch") or 0),
+                score=f"{metric} {score:.4f}" if isinstance(score, float) else "",
+            )
+
+    def attempt_finished(self, record: Record) -> None:
+        with self._lock:
+            for key in [k for k in self.tasks if k[0] == record.iteration]:
+                self.progress_bars.remove_task(self.tasks.pop(key))
+            self.records.append(record)
+            self._refresh()
+
+    def message(self, text: str) -> None:
+        with self._lock:
+            self.console.print(text)
+
+    def finished(self, summary: Summary) -> None:
+        with self._lock:
+            self.current = "done"
+            self._refresh()
+            self.close()
+            table = Table(title="improve refine: summary", title_justify="left")
+            table.add_column("")
+            table.add_column(summary.metric_name.replace("val_", "validation "))
+            table.add_row("start", fmt_metric(summary.start_metric))
+            table.add_row(f"best (iteration {summary.best_iteration})",
+                          fmt_metric(summary.best_metric))
+            if summary.test_metric_name is not None:
+                table.add_row(Text("test, best spec, once", style="bold"),
+                              Text(fmt_metric(summary.test_metric), style="bold"))
+            self.console.print(table)
+            for line in summary_lines(summary)[2 if summary.test_metric_name else 1 :]:
+                self.console.print(line)
+
+    def close(self) -> None:
+        with self._lock:
+            if self._started:
+                self.live.stop()
+                self._started = False
+
+
+def make_reporter(quiet: bool = False, stream: IO[str] | None = None) -> Reporter:
+    """Rich on a terminal, plain lines otherwise, nothing when ``quiet``."""
+    if quiet:
+        return NullReporter()
+    stream = stream or sys.stdout
+    if stream.isatty():
+        return RichReporter(Console(file=stream))
+    return PlainReporter(stream)
