@@ -22,6 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .journal import RECORD_FIELDS
+
 STATUSES = ("baseline", "accepted", "rejected", "invalid", "failed", "pruned", "cached")
 
 # One colour per status, shared by the plot and the page so a point and its row match.
@@ -38,22 +40,7 @@ _OTHER_COLOUR = "#8250df"
 _FIG_INCHES, _FIG_DPI = (9.6, 4.4), 110
 
 # Journal keys the report reads itself; any other short scalar is shown as a detail.
-_KNOWN_KEYS = frozenset(
-    {
-        "iteration",
-        "block",
-        "status",
-        "metric",
-        "incumbent_metric",
-        "spec_sha256",
-        "diff",
-        "rationale",
-        "expert",
-        "tokens",
-        "cost_usd",
-        "seconds",
-    }
-)
+_KNOWN_KEYS = frozenset(RECORD_FIELDS)
 # Extra keys that explain an outcome (a diagnostic, a failure reason): shown as a note.
 _NOTE_KEYS = ("reason", "message", "error", "diagnostics", "feedback")
 
