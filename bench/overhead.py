@@ -1,0 +1,219 @@
+"""Loop overhead: what a candidate costs outside training, a cached repeat, cold check/compile.
+
+Three measurements, each the median of ``--repeats`` tries:
+
+1. Per candidate (specs/fashion_mnist_quick.imp, trained ``--epochs`` epoch(s) on the CPU):
+   the compile step as the refine loop does it (parse, validate, render, black, the
+   meta-device shape check; in a warm process), then one training subprocess through
+   ``run.run_script``, timed by when its events arrive: spawn → ``start`` event (interpreter
+   start, ``import torch``, reading the dataset, building the model), the training seconds the
+   script reports, evaluation (the rest of start → result), and result → exit (writing
+   metrics.json and model.pt). ``import torch, torchvision`` alone is timed in a fresh
+   interpreter to split the spawn → start span.
+2. A cached repeat: ``improve refine`` (the library loop, heuristic expert) on a copy of
+   specs/digits.imp for ``--iters`` iterations, then the same run again from the same start:
+   every attempt of the second run is answered from the results cache. Per attempt it costs
+   the expert's proposal, the check and compile (``propose_seconds``) plus the lookup
+   (``seconds``), read from the second run's journal.
+3. Cold ``improve check`` and ``improve compile`` on every example spec: a fresh process each
+   time (``.venv/bin/improve``), wall clock, against a bare ``python -c pass`` and
+   ``python -c "import improve_dsl.cli"``.
+
+    python bench/overhead.py            # prints the tables; --json FILE keeps the figures
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+PYTHON = sys.executable
+IMPROVE = str(Path(PYTHON).parent / "improve")
+
+
+def median_of(repeats: int, measure: Callable[[], float]) -> float:
+    return statistics.median(measure() for _ in range(repeats))
+
+
+def wall(command: Sequence[str]) -> float:
+    started = time.perf_counter()
+    subprocess.run(command, cwd=REPO, check=True, stdout=subprocess.DEVNULL,
+                   stderr=subprocess.DEVNULL)
+    return time.perf_counter() - started
+
+
+# ---------------------------------------------------------------- 1. per candidate
+
+
+def per_candidate(spec: Path, epochs: int, repeats: int, threads: int) -> dict[str, float]:
+    from improve_dsl.compiler import compile_spec
+    from improve_dsl.run import run_script
+
+    text = spec.read_text(encoding="utf-8")
+    started = time.perf_counter()
+    compile_spec(spec, text=text, check_shapes=True)  # the first one pays for the imports
+    first_compile = time.perf_counter() - started
+    compile_warm = median_of(repeats, lambda: _timed(
+        lambda: compile_spec(spec, text=text, check_shapes=True)))
+    script = compile_spec(spec, text=text, check_shapes=True).script
+    rows: list[dict[str, float]] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "train.py"
+        path.write_text(script, encoding="utf-8")
+        for i in range(repeats):
+            stamps: dict[str, float] = {}
+
+            def on_event(event: dict[str, Any], stamps: dict[str, float] = stamps) -> bool:
+                stamps.setdefault(str(event.get("event")), time.perf_counter())
+                return True
+
+            began = time.perf_counter()
+            result = run_script(path, Path(tmp) / f"out{i}", split="val", device="cpu",
+                                threads=threads, on_event=on_event,
+                                extra_args=["--epochs", str(epochs)])
+            ended = time.perf_counter()
+            if result.status != "ok":
+                raise SystemExit(f"the training run failed: {result.reason}")
+            train = _train_seconds(Path(tmp) / f"out{i}")
+            rows.append({
+                "spawn_to_start": stamps["start"] - began,
+                "train": train,
+                "evaluate": stamps["result"] - stamps["start"] - train,
+                "result_to_exit": ended - stamps["result"],
+                "run_total": ended - began,
+            })
+    imports = median_of(repeats, lambda: wall([PYTHON, "-c", "import torch, torchvision"]))
+    bare = median_of(repeats, lambda: wall([PYTHON, "-c", "pass"]))
+    out = {key: statistics.median(r[key] for r in rows) for key in rows[0]}
+    out.update({"compile_warm": compile_warm, "compile_first_in_process": first_compile,
+                "python_start": bare, "import_torch_torchvision": imports})
+    out["outside_training"] = (out["compile_warm"] + out["spawn_to_start"]
+                               + out["result_to_exit"])
+    return out
+
+
+def _timed(thunk: Callable[[], object]) -> float:
+    started = time.perf_counter()
+    thunk()
+    return time.perf_counter() - started
+
+
+def _train_seconds(out_dir: Path) -> float:
+    metrics = json.loads((out_dir / "metrics.json").read_text(encoding="utf-8"))
+    return float(metrics["seconds"])
+
+
+# ---------------------------------------------------------------- 2. cached repeat
+
+
+def cached_repeat(iters: int, threads: int) -> dict[str, Any]:
+    from improve_dsl.refine import loop
+
+    with tempfile.TemporaryDirectory() as tmp:
+        spec = Path(tmp) / "digits.imp"
+        start = (REPO / "specs" / "digits.imp").read_text(encoding="utf-8")
+        runs: list[list[dict[str, Any]]] = []
+        walls: list[float] = []
+        for name in ("first", "repeat"):
+            spec.write_text(start, encoding="utf-8")  # the first run wrote its best spec back
+            options = loop.RefineOptions(iters=iters, expert="heuristic", device="cpu",
+                                         threads=threads, run_dir=Path(tmp) / name)
+            began = time.perf_counter()
+            loop.refine(spec, options)
+            walls.append(time.perf_counter() - began)
+            records = [json.loads(line) for line in
+                       (Path(tmp) / name / "journal.jsonl").read_text().splitlines() if line]
+            runs.append(records)
+        repeat = runs[1]
+        per_attempt = [float(r.get("propose_seconds") or 0.0) + float(r["seconds"])
+                       for r in repeat if r["iteration"] > 0]
+        lookups = [float(r["seconds"]) for r in repeat if r["iteration"] > 0]
+        all_cached = all(r.get("cached") for r in repeat)
+        return {
+            "iters": iters,
+            "first_run_seconds": walls[0],
+            "repeat_run_seconds": walls[1],
+            "repeat_all_cached": all_cached,
+            "repeat_attempt_median": statistics.median(per_attempt) if per_attempt else None,
+            "repeat_attempt_max": max(per_attempt) if per_attempt else None,
+            "repeat_lookup_median": statistics.median(lookups) if lookups else None,
+            "repeat_baseline_seconds": float(repeat[0]["seconds"]),
+        }
+
+
+# ---------------------------------------------------------------- 3. cold check / compile
+
+
+def cold_cli(repeats: int) -> dict[str, Any]:
+    rows: dict[str, dict[str, float]] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for spec in sorted((REPO / "specs").glob("*.imp")):
+            out = str(Path(tmp) / f"{spec.stem}.py")
+            probe = subprocess.run([IMPROVE, "compile", str(spec), "-o", out], cwd=REPO,
+                                   capture_output=True, text=True, check=False)
+            if probe.returncode != 0:  # e.g. image_folder.imp needs its folder to exist
+                first = (probe.stderr or probe.stdout).strip().splitlines()[:1]
+                rows[spec.name] = {"error": first[0] if first else f"exit {probe.returncode}"}
+                continue
+            rows[spec.name] = {
+                "check": median_of(repeats, lambda s=spec: wall([IMPROVE, "check", str(s)])),
+                "compile": median_of(repeats, lambda s=spec, o=out: wall(
+                    [IMPROVE, "compile", str(s), "-o", o])),
+            }
+    return {
+        "specs": rows,
+        "python_start": median_of(repeats, lambda: wall([PYTHON, "-c", "pass"])),
+        "import_cli": median_of(repeats, lambda: wall([PYTHON, "-c", "import improve_dsl.cli"])),
+        "import_torch": median_of(repeats, lambda: wall([PYTHON, "-c", "import torch"])),
+    }
+
+
+# ---------------------------------------------------------------- main
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--epochs", type=int, default=1)
+    parser.add_argument("--iters", type=int, default=3, help="iterations of the cached repeat")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument("--skip", default="", help="comma list of: candidate,cache,cli")
+    args = parser.parse_args(argv)
+    if not shutil.which(IMPROVE):
+        raise SystemExit(f"{IMPROVE} not found: install the package (pip install -e .)")
+    skip = set(filter(None, args.skip.split(",")))
+    figures: dict[str, Any] = {"load_average_before": os.getloadavg()}
+    if "cli" not in skip:
+        figures["cli"] = cold_cli(args.repeats)
+        print("cold CLI (s):", json.dumps(figures["cli"], indent=1))
+    if "candidate" not in skip:
+        figures["candidate"] = per_candidate(REPO / "specs" / "fashion_mnist_quick.imp",
+                                             args.epochs, args.repeats, args.threads)
+        print("per candidate (s):", json.dumps(figures["candidate"], indent=1))
+    if "cache" not in skip:
+        figures["cache"] = cached_repeat(args.iters, args.threads)
+        print("cached repeat (s):", json.dumps(figures["cache"], indent=1))
+    figures["load_average_after"] = os.getloadavg()
+    figures["date"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(figures, indent=1) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
