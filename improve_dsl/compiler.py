@@ -7,11 +7,15 @@ its model builds on the ``meta`` device with the dataset's input shape.
 
 from __future__ import annotations
 
+import functools
+import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
+from . import __version__
 from .ir import Spec
+from .paths import grammar_dir, templates_dir
 from .render import render_script
 from .syntax import SpecAST, parse, read_spec_text
 from .validate import validate
@@ -77,3 +81,17 @@ def _check_model(spec: Spec, ast: SpecAST, script: str) -> ModelReport | None:
         return None  # the model check is not installed: compile without it
     report: ModelReport = check.check_model(spec, ast, script)
     return report
+
+
+@functools.lru_cache(maxsize=1)
+def fingerprint() -> str:
+    """A hash of everything besides the spec that decides the script: version, templates,
+    grammar. Two compilations of the same spec text with the same fingerprint give the same
+    script, so a cache keyed by both may skip compiling."""
+    digest = hashlib.sha256(__version__.encode())
+    for root in (templates_dir(), grammar_dir()):
+        for file in sorted(root.rglob("*")):
+            if file.is_file():
+                digest.update(file.relative_to(root).as_posix().encode())
+                digest.update(file.read_bytes())
+    return digest.hexdigest()

@@ -347,3 +347,18 @@ class ResultCache:
     def put(self, key: str, metrics: Mapping[str, Any]) -> None:
         with contextlib.suppress(OSError):  # a cache that cannot be written only costs time
             atomic_write_json(self._path(key), dict(metrics))
+
+    def _script_path(self, spec_text: str, spec_path: str, fingerprint: str) -> Path:
+        key = sha256_text("\n".join([sha256_text(spec_text), spec_path, fingerprint]))
+        return self.root / "scripts" / key[:2] / f"{key}.py"
+
+    def script(self, spec_text: str, spec_path: str, fingerprint: str) -> str | None:
+        """The script compiled (and checked) earlier from this exact spec text, or None."""
+        try:
+            return self._script_path(spec_text, spec_path, fingerprint).read_text("utf-8")
+        except OSError:
+            return None
+
+    def put_script(self, spec_text: str, spec_path: str, fingerprint: str, script: str) -> None:
+        with contextlib.suppress(OSError):
+            atomic_write_text(self._script_path(spec_text, spec_path, fingerprint), script)

@@ -306,12 +306,21 @@ def unified_diff(before: str, after: str, iteration: int) -> str:
     )
 
 
-def compile_script(text: str, path: str) -> str:
-    """The training script of a spec, after the compile-time checks."""
-    from ..compiler import compile_spec
+def compile_script(text: str, path: str, cache: ResultCache | None = None) -> str:
+    """The training script of a spec, after the compile-time checks.
 
-    compiled = compile_spec(Path(path), text=text, check_shapes=True)
-    return str(compiled.script)
+    With a cache, a spec text compiled before (same compiler fingerprint) is not compiled
+    again: a repeated proposal then costs a file read, not a render and a model check."""
+    from ..compiler import compile_spec, fingerprint
+
+    if cache is not None:
+        known = cache.script(text, path, fingerprint())
+        if known is not None:
+            return known
+    script = str(compile_spec(Path(path), text=text, check_shapes=True).script)
+    if cache is not None:
+        cache.put_script(text, path, fingerprint(), script)
+    return script
 
 
 # ---------------------------------------------------------------- git
@@ -538,7 +547,7 @@ class Refiner:
     def _baseline(self) -> None:
         self.reporter.attempt_started(0, BASELINE, "—", "scoring the starting spec")
         started = time.monotonic()
-        script = compile_script(self.start_text, str(self.spec_path))
+        script = compile_script(self.start_text, str(self.spec_path), self.cache)
         candidate = Candidate(0, (), BASELINE, self.start_text, script, None, None, 0, 0.0,
                               0.0, 0)
         self._write_candidate(candidate)
@@ -661,7 +670,7 @@ class Refiner:
                 text = edit.apply_edit(self.incumbent.text, str(self.spec_path), blocks,
                                        proposal.text, check_shapes=False)
                 self._guard(text, blocks)
-                script = compile_script(text, str(self.spec_path))
+                script = compile_script(text, str(self.spec_path), self.cache)
             except (edit.EditError, DiagnosticError) as exc:
                 if isinstance(exc, DiagnosticError):
                     note = (f"nothing was applied: the spec is unchanged; fix the reply and "
@@ -1003,7 +1012,7 @@ class Refiner:
         if self.incumbent.metric is None:
             return None
         self.reporter.message("scoring the best spec once on the test split…")
-        script = compile_script(text, str(self.spec_path))
+        script = compile_script(text, str(self.spec_path), self.cache)
         folder = self.run.path / "test"
         if folder.exists():
             shutil.rmtree(folder)
