@@ -60,9 +60,15 @@ def run(command: list[str], label: str) -> tuple[dict[str, Any], float]:
     return {**last_json(proc.stdout), "cpu_seconds": cpu_seconds() - cpu}, wall
 
 
-def compiled_script(spec: Path, subset: int | None, work: Path) -> Path:
-    """The spec with subset= set on its source, compiled by `improve compile`."""
+def compiled_script(spec: Path, subset: int | None, work: Path, width: int | None = None) -> Path:
+    """The spec with subset= (and the ResNet's width) set, compiled by `improve compile`."""
     text = spec.read_text(encoding="utf-8")
+    if width:
+        text, count = re.subn(
+            r"resnet\(depth = 8, width = \d+\)", f"resnet(depth = 8, width = {width})", text
+        )
+        if count != 1:
+            raise SystemExit(f"{spec}: expected `resnet(depth = 8, width = N)` to set the width")
     if subset:
         text, count = re.subn(
             r"source = fashion_mnist\(\)", f"source = fashion_mnist(subset = {subset})", text
@@ -135,11 +141,18 @@ def main() -> None:
     parser.add_argument(
         "--pipeline-epochs", type=int, default=1, help="epochs for timing the data pipelines alone"
     )
+    parser.add_argument(
+        "--width",
+        type=int,
+        default=None,
+        help="ResNet-8 width for both scripts (default: the spec's, 32); a lighter network "
+        "shows how much the data pipeline matters once compute is cheaper",
+    )
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        script = compiled_script(args.spec, args.subset, work)
+        script = compiled_script(args.spec, args.subset, work, args.width)
         compiled, compiled_wall = run(
             [
                 sys.executable,
@@ -167,6 +180,8 @@ def main() -> None:
         ]
         if args.subset:
             baseline_command += ["--subset", str(args.subset)]
+        if args.width:
+            baseline_command += ["--width", str(args.width)]
         baseline, baseline_wall = run(baseline_command, "torchvision")
         print("[pipelines] each data pipeline alone, no model", file=sys.stderr, flush=True)
         pipe_compiled, pipe_baseline = pipeline_only(script, args.subset, args.pipeline_epochs)
@@ -189,6 +204,7 @@ def main() -> None:
     ]
     print(
         f"Fashion-MNIST, {args.subset or 'all'} training images, {args.epochs} epochs, "
+        f"ResNet-8 width {args.width or 32}, "
         f"device {args.device}, {os.cpu_count()} CPU cores"
     )
     print(

@@ -169,6 +169,7 @@ def main() -> None:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--width", type=int, default=32, help="ResNet-8 width (the spec's: 32)")
     parser.add_argument("--data-root", type=Path, default=DATA)
     args = parser.parse_args()
     device = torch.device(
@@ -182,7 +183,7 @@ def main() -> None:
     )
 
     memory_format = torch.channels_last if cuda else torch.contiguous_format
-    model = ResNet8().to(device, memory_format=memory_format)
+    model = ResNet8(width=args.width).to(device, memory_format=memory_format)
     params = list(model.parameters())
     optimizer = torch.optim.SGD(
         [
