@@ -132,10 +132,9 @@ def _incumbent(context: Context) -> str:
     return f"{context.metric_name} = {context.incumbent_metric:.4f}"
 
 
-def expert_user(context: Context) -> str:
-    """The expert's task: the data, the spec, the block reference, the curves, the history."""
-    blocks = context.blocks
-    parts = [
+def situation(context: Context) -> list[str]:
+    """What every prompt shows: the data, the spec, its score and curves, earlier attempts."""
+    return [
         "## Dataset",
         context.profile.strip() or "(no profile)",
         "",
@@ -152,6 +151,12 @@ def expert_user(context: Context) -> str:
         "## Earlier attempts",
         history_text(context.history),
     ]
+
+
+def expert_user(context: Context) -> str:
+    """The expert's task: the data, the spec, the block reference, the curves, the history."""
+    blocks = context.blocks
+    parts = situation(context)
     for block in blocks:
         parts += ["", f"## Reference of the `{block}` block", docs.block_reference(block).rstrip()]
     parts += ["", "## Your task", f"Rewrite {_what(blocks)} to raise {context.metric_name}."]
@@ -218,21 +223,7 @@ def analyst_messages(context: Context, candidates: Sequence[str]) -> list[dict[s
     choices = "\n".join(f"- {name}: {registry.block(name).doc}" for name in candidates)
     user = "\n".join(
         [
-            "## Dataset",
-            context.profile.strip() or "(no profile)",
-            "",
-            f"## The current spec ({context.spec_path})",
-            "```imp",
-            context.spec_text.rstrip("\n"),
-            "```",
-            "",
-            f"## Its score on the validation split: {_incumbent(context)}",
-            "",
-            "## Its training curves",
-            curves_table(context.curves, context.metric_name),
-            "",
-            "## Earlier attempts",
-            history_text(context.history),
+            *situation(context),
             "",
             "## Candidate blocks",
             choices,
