@@ -3,11 +3,20 @@
 from __future__ import annotations
 
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # A job started in the background by a non-interactive shell (nohup, some CI runners)
+    # inherits SIGINT ignored, and so would every process the tests start: the Ctrl-C tests
+    # would then test nothing. Handling it here gives children the default again at exec.
+    if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
