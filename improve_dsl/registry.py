@@ -635,7 +635,7 @@ BLOCKS = (
             FieldSpec(
                 "precision",
                 "enum",
-                "auto: bf16 autocast and channels_last on CUDA, fp32 on CPU",
+                "auto: bf16 autocast on CUDA, fp32 on CPU (channels_last on both)",
                 "auto",
                 choices=("auto", "fp32", "bf16", "fp16"),
             ),

@@ -199,7 +199,7 @@ _WHY = {
     "EVAL_BATCH_SIZE": "no gradients are kept at evaluation, so larger batches fit",
     "LABEL_SMOOTHING": "softened targets: less over-confidence, often better accuracy",
     "EMA_DECAY": "per step, warmed up so short runs are not dominated by the initial weights",
-    "PRECISION": "auto: bf16 autocast and channels_last on CUDA, fp32 on CPU",
+    "PRECISION": "auto: bf16 autocast on CUDA, fp32 on CPU (channels_last on both)",
     "COMPILE": "torch.compile the model (pays off on CUDA for runs longer than a minute)",
 }
 
