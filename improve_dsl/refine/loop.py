@@ -29,7 +29,6 @@ import math
 import os
 import shutil
 import statistics
-import subprocess
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -54,6 +53,7 @@ from ..run import RunResult
 from ..syntax import read_spec_text
 from . import edit
 from .expert import Attempt, Context, Expert, ExpertError, NoMoreMoves, Proposal
+from .gitlog import GitError, git_commit, git_root
 from .live import NullReporter, Reporter, RunInfo, Summary
 from .select import SELECTORS, Choice, choose_block
 
@@ -323,45 +323,6 @@ def compile_script(text: str, path: str, cache: ResultCache | None = None) -> st
     return script
 
 
-# ---------------------------------------------------------------- git
-
-
-def git_root(path: Path) -> Path:
-    """The work tree holding ``path``, or RefineError."""
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "--show-toplevel"],
-            cwd=path.parent,
-            capture_output=True,
-            text=True,
-            check=False,
-        )
-    except FileNotFoundError:
-        raise RefineError("--git needs git, which is not installed") from None
-    if out.returncode != 0:
-        raise RefineError(f"--git: {path} is not inside a git repository (run `git init` first)")
-    return Path(out.stdout.strip())
-
-
-def git_commit(spec_path: Path, message: str) -> str | None:
-    """Commit the spec file alone; None on success, else git's complaint."""
-    cwd = spec_path.parent
-    name = spec_path.name
-    tracked = subprocess.run(["git", "ls-files", "--error-unmatch", "--", name], cwd=cwd,
-                             capture_output=True, check=False)
-    if tracked.returncode != 0:
-        added = subprocess.run(["git", "add", "--", name], cwd=cwd, capture_output=True,
-                               text=True, check=False)
-        if added.returncode != 0:
-            return added.stderr.strip() or "git add failed"
-    # `git commit -- PATH` commits that path alone, whatever else is staged.
-    done = subprocess.run(["git", "commit", "-q", "-m", message, "--", name], cwd=cwd,
-                          capture_output=True, text=True, check=False)
-    if done.returncode != 0:
-        return (done.stderr or done.stdout).strip() or "git commit failed"
-    return None
-
-
 # ---------------------------------------------------------------- the loop
 
 
@@ -493,7 +454,10 @@ class Refiner:
     def refine(self) -> RefineResult:
         options = self.options
         if options.git:
-            git_root(self.spec_path)
+            try:
+                git_root(self.spec_path)
+            except GitError as exc:
+                raise RefineError(str(exc)) from None
         self.executor = make_executor(options.executor, parallel=options.parallel,
                                       device=options.device, threads=options.threads,
                                       address=options.ray_address)
@@ -1132,7 +1096,10 @@ def _start(spec_path: Path | None, options: RefineOptions, reporter: Reporter) -
     text = read_spec_text(spec_path)
     validate.load_text(text, str(spec_path))  # diagnostics before anything is created
     if options.git:
-        git_root(spec_path)
+        try:
+            git_root(spec_path)
+        except GitError as exc:
+            raise RefineError(str(exc)) from None
     # The expert first: a missing API key must not leave an empty run behind.
     expert = make_expert(options.expert, base_url=options.base_url, seed=options.expert_seed,
                          max_cost=options.max_cost)
