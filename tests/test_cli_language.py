@@ -89,3 +89,12 @@ def test_diff_names_changed_blocks_and_fields(
         "augment: changed\n  ~ ops: [] -> [random_crop(padding = 1)]\n"
         "train: changed\n  ~ epochs: 4 -> 12\n"
     )
+
+
+def test_the_readme_spec_is_valid() -> None:
+    from improve_dsl.validate import load_text
+
+    readme = (ROOT / "README.md").read_text()
+    block = readme.split("## A spec", 1)[1].split("```", 2)[1]
+    spec = load_text(block.lstrip("\n"), "README.md")
+    assert spec.model.arch is not None and spec.model.arch.name == "resnet"
