@@ -36,23 +36,17 @@ def cmd_check(args: argparse.Namespace) -> int:
     status = EXIT_OK
     for path in args.specs:
         try:
-            spec = load(path)
+            if args.verbose:  # parse, validate, render and build the model on `meta`
+                from .compiler import compile_spec
+
+                summary = compile_spec(Path(path)).summary()
+            else:
+                summary = f"pipeline '{load(path).pipeline.name}'"
         except DiagnosticError as exc:
             print(exc.render(), file=sys.stderr)
             status = EXIT_USAGE
             continue
-        if args.verbose:
-            from .compiler import compile_spec
-
-            try:
-                compiled = compile_spec(Path(path))
-            except DiagnosticError as exc:
-                print(exc.render(), file=sys.stderr)
-                status = EXIT_USAGE
-                continue
-            print(f"{path}: ok ({compiled.summary()})")
-        else:
-            print(f"{path}: ok (pipeline '{spec.pipeline.name}')")
+        print(f"{path}: ok ({summary})")
     return status
 
 
