@@ -50,8 +50,9 @@ def median_of(repeats: int, measure: Callable[[], float]) -> float:
 
 def wall(command: Sequence[str]) -> float:
     started = time.perf_counter()
-    subprocess.run(command, cwd=REPO, check=True, stdout=subprocess.DEVNULL,
-                   stderr=subprocess.DEVNULL)
+    subprocess.run(
+        command, cwd=REPO, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     return time.perf_counter() - started
 
 
@@ -66,8 +67,9 @@ def per_candidate(spec: Path, epochs: int, repeats: int, threads: int) -> dict[s
     started = time.perf_counter()
     compile_spec(spec, text=text, check_shapes=True)  # the first one pays for the imports
     first_compile = time.perf_counter() - started
-    compile_warm = median_of(repeats, lambda: _timed(
-        lambda: compile_spec(spec, text=text, check_shapes=True)))
+    compile_warm = median_of(
+        repeats, lambda: _timed(lambda: compile_spec(spec, text=text, check_shapes=True))
+    )
     script = compile_spec(spec, text=text, check_shapes=True).script
     rows: list[dict[str, float]] = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -81,27 +83,40 @@ def per_candidate(spec: Path, epochs: int, repeats: int, threads: int) -> dict[s
                 return True
 
             began = time.perf_counter()
-            result = run_script(path, Path(tmp) / f"out{i}", split="val", device="cpu",
-                                threads=threads, on_event=on_event,
-                                extra_args=["--epochs", str(epochs)])
+            result = run_script(
+                path,
+                Path(tmp) / f"out{i}",
+                split="val",
+                device="cpu",
+                threads=threads,
+                on_event=on_event,
+                extra_args=["--epochs", str(epochs)],
+            )
             ended = time.perf_counter()
             if result.status != "ok":
                 raise SystemExit(f"the training run failed: {result.reason}")
             train = _train_seconds(Path(tmp) / f"out{i}")
-            rows.append({
-                "spawn_to_start": stamps["start"] - began,
-                "train": train,
-                "evaluate": stamps["result"] - stamps["start"] - train,
-                "result_to_exit": ended - stamps["result"],
-                "run_total": ended - began,
-            })
+            rows.append(
+                {
+                    "spawn_to_start": stamps["start"] - began,
+                    "train": train,
+                    "evaluate": stamps["result"] - stamps["start"] - train,
+                    "result_to_exit": ended - stamps["result"],
+                    "run_total": ended - began,
+                }
+            )
     imports = median_of(repeats, lambda: wall([PYTHON, "-c", "import torch, torchvision"]))
     bare = median_of(repeats, lambda: wall([PYTHON, "-c", "pass"]))
     out = {key: statistics.median(r[key] for r in rows) for key in rows[0]}
-    out.update({"compile_warm": compile_warm, "compile_first_in_process": first_compile,
-                "python_start": bare, "import_torch_torchvision": imports})
-    out["outside_training"] = (out["compile_warm"] + out["spawn_to_start"]
-                               + out["result_to_exit"])
+    out.update(
+        {
+            "compile_warm": compile_warm,
+            "compile_first_in_process": first_compile,
+            "python_start": bare,
+            "import_torch_torchvision": imports,
+        }
+    )
+    out["outside_training"] = out["compile_warm"] + out["spawn_to_start"] + out["result_to_exit"]
     return out
 
 
@@ -129,17 +144,28 @@ def cached_repeat(iters: int, threads: int) -> dict[str, Any]:
         walls: list[float] = []
         for name in ("first", "repeat"):
             spec.write_text(start, encoding="utf-8")  # the first run wrote its best spec back
-            options = loop.RefineOptions(iters=iters, expert="heuristic", device="cpu",
-                                         threads=threads, run_dir=Path(tmp) / name)
+            options = loop.RefineOptions(
+                iters=iters,
+                expert="heuristic",
+                device="cpu",
+                threads=threads,
+                run_dir=Path(tmp) / name,
+            )
             began = time.perf_counter()
             loop.refine(spec, options)
             walls.append(time.perf_counter() - began)
-            records = [json.loads(line) for line in
-                       (Path(tmp) / name / "journal.jsonl").read_text().splitlines() if line]
+            records = [
+                json.loads(line)
+                for line in (Path(tmp) / name / "journal.jsonl").read_text().splitlines()
+                if line
+            ]
             runs.append(records)
         repeat = runs[1]
-        per_attempt = [float(r.get("propose_seconds") or 0.0) + float(r["seconds"])
-                       for r in repeat if r["iteration"] > 0]
+        per_attempt = [
+            float(r.get("propose_seconds") or 0.0) + float(r["seconds"])
+            for r in repeat
+            if r["iteration"] > 0
+        ]
         lookups = [float(r["seconds"]) for r in repeat if r["iteration"] > 0]
         all_cached = all(r.get("cached") for r in repeat)
         return {
@@ -162,16 +188,22 @@ def cold_cli(repeats: int) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp:
         for spec in sorted((REPO / "specs").glob("*.imp")):
             out = str(Path(tmp) / f"{spec.stem}.py")
-            probe = subprocess.run([IMPROVE, "compile", str(spec), "-o", out], cwd=REPO,
-                                   capture_output=True, text=True, check=False)
+            probe = subprocess.run(
+                [IMPROVE, "compile", str(spec), "-o", out],
+                cwd=REPO,
+                capture_output=True,
+                text=True,
+                check=False,
+            )
             if probe.returncode != 0:  # e.g. image_folder.imp needs its folder to exist
                 first = (probe.stderr or probe.stdout).strip().splitlines()[:1]
                 rows[spec.name] = {"error": first[0] if first else f"exit {probe.returncode}"}
                 continue
             rows[spec.name] = {
                 "check": median_of(repeats, lambda s=spec: wall([IMPROVE, "check", str(s)])),
-                "compile": median_of(repeats, lambda s=spec, o=out: wall(
-                    [IMPROVE, "compile", str(s), "-o", o])),
+                "compile": median_of(
+                    repeats, lambda s=spec, o=out: wall([IMPROVE, "compile", str(s), "-o", o])
+                ),
             }
     return {
         "specs": rows,
@@ -201,8 +233,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         figures["cli"] = cold_cli(args.repeats)
         print("cold CLI (s):", json.dumps(figures["cli"], indent=1))
     if "candidate" not in skip:
-        figures["candidate"] = per_candidate(REPO / "specs" / "fashion_mnist_quick.imp",
-                                             args.epochs, args.repeats, args.threads)
+        figures["candidate"] = per_candidate(
+            REPO / "specs" / "fashion_mnist_quick.imp", args.epochs, args.repeats, args.threads
+        )
         print("per candidate (s):", json.dumps(figures["candidate"], indent=1))
     if "cache" not in skip:
         figures["cache"] = cached_repeat(args.iters, args.threads)

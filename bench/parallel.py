@@ -93,15 +93,21 @@ def overhead(kind: str, folder: Path, runs: int = 8) -> float:
         return (time.perf_counter() - started) / runs
 
 
-def time_batch(kind: str, parallel: int, scripts: list[Path], folder: Path,
-               threads: int) -> float:
+def time_batch(kind: str, parallel: int, scripts: list[Path], folder: Path, threads: int) -> float:
     """Seconds to train every script on executor ``kind`` with ``parallel`` slots."""
     threads = threads or max(1, (os.cpu_count() or 1) // parallel)
     with make_executor(kind, parallel=parallel, device="cpu", threads=threads) as executor:
         started = time.perf_counter()
         handles = [
-            executor.submit(TrainJob(s, folder / f"{kind}-p{parallel}" / s.parent.name,
-                                     seed=0, device="cpu", threads=threads))
+            executor.submit(
+                TrainJob(
+                    s,
+                    folder / f"{kind}-p{parallel}" / s.parent.name,
+                    seed=0,
+                    device="cpu",
+                    threads=threads,
+                )
+            )
             for s in scripts
         ]
         for _, result in executor.as_completed(handles):
@@ -116,24 +122,33 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=8, help="epochs per run")
     parser.add_argument("--executors", default="local,ray", help="comma-separated")
     parser.add_argument("--parallel", default="1,2", help="comma-separated widths")
-    parser.add_argument("--threads", type=int, default=1,
-                        help="CPU threads per run (0: the cores divided by the width)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="CPU threads per run (0: the cores divided by the width)",
+    )
     args = parser.parse_args()
     kinds = args.executors.split(",")
     widths = [int(w) for w in args.parallel.split(",")]
 
     load = os.getloadavg()
-    print(f"machine: {os.cpu_count()} CPU cores, load average {load[0]:.2f} {load[1]:.2f} "
-          f"{load[2]:.2f} at start")
+    print(
+        f"machine: {os.cpu_count()} CPU cores, load average {load[0]:.2f} {load[1]:.2f} "
+        f"{load[2]:.2f} at start"
+    )
     with tempfile.TemporaryDirectory(prefix="improve-bench-") as tmp:
         folder = Path(tmp)
         scripts = compile_batch(folder, args.runs, args.epochs)
-        warm = run_script(scripts[0], folder / "warm-up", device="cpu", seed=0,
-                          threads=args.threads or None)
+        warm = run_script(
+            scripts[0], folder / "warm-up", device="cpu", seed=0, threads=args.threads or None
+        )
         if not warm.ok:
             raise SystemExit(f"the warm-up run failed: {warm.reason}")
-        print(f"batch: {args.runs} digits CNN runs of {args.epochs} epochs "
-              f"(one alone: {warm.seconds:.1f} s wall), --threads {args.threads or 'divided'}")
+        print(
+            f"batch: {args.runs} digits CNN runs of {args.epochs} epochs "
+            f"(one alone: {warm.seconds:.1f} s wall), --threads {args.threads or 'divided'}"
+        )
         times: dict[tuple[str, int], float] = {}
         for kind in kinds:
             if kind == "ray":
@@ -142,15 +157,16 @@ def main() -> None:
 
                 started = time.perf_counter()
                 ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
-                print(f"ray: local cluster started in {time.perf_counter() - started:.1f} s "
-                      "(not in the batch times)")
+                print(
+                    f"ray: local cluster started in {time.perf_counter() - started:.1f} s "
+                    "(not in the batch times)"
+                )
             try:
                 empty = overhead(kind, folder)
                 print(f"  {kind:5} an empty run, one at a time: {empty * 1000:.0f} ms each")
                 for width in widths:
                     times[kind, width] = time_batch(kind, width, scripts, folder, args.threads)
-                    print(f"  {kind:5} --parallel {width}: {times[kind, width]:6.1f} s",
-                          flush=True)
+                    print(f"  {kind:5} --parallel {width}: {times[kind, width]:6.1f} s", flush=True)
             finally:
                 if kind == "ray":
                     ray.shutdown()

@@ -141,8 +141,14 @@ def field_text(block: str, name: str, draw: Draw) -> str:
             return _call("mlp", {"width": width, "depth": depth})
         channels = tuple(int(c) for c in draw.choice("cnn_channels", CNN_CHANNELS).split(","))
         convs = draw.integer("cnn_convs_per_stage", 1, 2)
-        return _call("cnn", {"channels": channels, "convs_per_stage": convs,
-                                      "batch_norm": draw.choice("cnn_batch_norm", (True, False))})
+        return _call(
+            "cnn",
+            {
+                "channels": channels,
+                "convs_per_stage": convs,
+                "batch_norm": draw.choice("cnn_batch_norm", (True, False)),
+            },
+        )
     if (block, name) == ("model", "dropout"):
         return _f(draw.uniform("dropout", 0.0, 0.5))
     if (block, name) == ("train", "epochs"):
@@ -150,16 +156,22 @@ def field_text(block: str, name: str, draw: Draw) -> str:
     if (block, name) == ("train", "optimizer"):
         if draw.choice("optimizer", ("sgd", "adamw")) == "sgd":
             momentum = float(f"{draw.uniform('sgd_momentum', 0.0, 0.95):.3g}")
-            return _call("sgd", {
-                "lr": float(f"{draw.uniform('sgd_lr', 1e-3, 0.5, log=True):.3g}"),
-                "momentum": momentum,
-                "nesterov": momentum > 0 and draw.choice("sgd_nesterov", (True, False)),
-                "weight_decay": float(f"{draw.uniform('sgd_wd', 1e-6, 1e-2, log=True):.3g}"),
-            })
-        return _call("adamw", {
-            "lr": float(f"{draw.uniform('adamw_lr', 1e-4, 1e-2, log=True):.3g}"),
-            "weight_decay": float(f"{draw.uniform('adamw_wd', 1e-4, 0.1, log=True):.3g}"),
-        })
+            return _call(
+                "sgd",
+                {
+                    "lr": float(f"{draw.uniform('sgd_lr', 1e-3, 0.5, log=True):.3g}"),
+                    "momentum": momentum,
+                    "nesterov": momentum > 0 and draw.choice("sgd_nesterov", (True, False)),
+                    "weight_decay": float(f"{draw.uniform('sgd_wd', 1e-6, 1e-2, log=True):.3g}"),
+                },
+            )
+        return _call(
+            "adamw",
+            {
+                "lr": float(f"{draw.uniform('adamw_lr', 1e-4, 1e-2, log=True):.3g}"),
+                "weight_decay": float(f"{draw.uniform('adamw_wd', 1e-4, 0.1, log=True):.3g}"),
+            },
+        )
     if (block, name) == ("train", "schedule"):
         kind = draw.choice("schedule", ("constant", "one_cycle", "cosine"))
         if kind == "one_cycle":
@@ -185,12 +197,22 @@ def all_blocks_text(draw: Draw) -> str:
     tta = [tta_op(n) for n in TTA_POOL if draw.choice(f"tta_{n}", (False, True))]
     train = {name: field_text("train", name, draw) for name in FIELDS["train"]}
     lines = [
-        "data {", f"  batch_size = {field_text('data', 'batch_size', draw)}", "}",
-        "augment {", f"  ops = [{', '.join(ops)}]", "}",
-        "model {", f"  arch = {field_text('model', 'arch', draw)}",
-        f"  dropout = {field_text('model', 'dropout', draw)}", "}",
-        "train {", *(f"  {k} = {v}" for k, v in train.items() if v != "none"), "}",
-        "eval {", f"  tta = [{', '.join(tta)}]", "}",
+        "data {",
+        f"  batch_size = {field_text('data', 'batch_size', draw)}",
+        "}",
+        "augment {",
+        f"  ops = [{', '.join(ops)}]",
+        "}",
+        "model {",
+        f"  arch = {field_text('model', 'arch', draw)}",
+        f"  dropout = {field_text('model', 'dropout', draw)}",
+        "}",
+        "train {",
+        *(f"  {k} = {v}" for k, v in train.items() if v != "none"),
+        "}",
+        "eval {",
+        f"  tta = [{', '.join(tta)}]",
+        "}",
     ]
     return "\n".join(lines) + "\n"
 
@@ -232,8 +254,7 @@ class RandomExpert:
             except edit.EditError:
                 continue
             break
-        return Proposal(text=text, rationale=f"random: {what}", move=what.split(" =")[0],
-                        raw=text)
+        return Proposal(text=text, rationale=f"random: {what}", move=what.split(" =")[0], raw=text)
 
     def _draw(self, context: Context, block: str) -> tuple[str, str]:
         spec = validate.load_text(context.spec_text, context.spec_path)

@@ -114,12 +114,20 @@ class OptunaExpert:
                 done = [a for a in context.history if a.status != "pending"]
                 last = done[-1] if done else None
                 scored = last is not None and last.status in (
-                    "accepted", "rejected", "cached", "pruned")
+                    "accepted",
+                    "rejected",
+                    "cached",
+                    "pruned",
+                )
                 self._tell(last.metric if scored and last is not None else None)
         self.open = self.study.ask()
         text = all_blocks_text(OptunaDraw(self.open))
-        return Proposal(text=text, rationale=f"TPE trial {self.open.number}",
-                        move=f"tpe-{self.open.number}", raw=text)
+        return Proposal(
+            text=text,
+            rationale=f"TPE trial {self.open.number}",
+            move=f"tpe-{self.open.number}",
+            raw=text,
+        )
 
 
 # ---------------------------------------------------------------- one run
@@ -150,8 +158,9 @@ def run_one(strategy: str, seed: int, args: argparse.Namespace, log: Any) -> dic
         iters=args.iters,
         expert="heuristic",
         select="analyst",  # heuristic and optuna: no analyst, so the diagnosis selects
-        strategy="all-at-once" if strategy in ("all-at-once", "zero-shot", "optuna") else
-        "iterative",
+        strategy="all-at-once"
+        if strategy in ("all-at-once", "zero-shot", "optuna")
+        else "iterative",
         zero_shot=strategy == "zero-shot",
         run_dir=run_dir,
         device="cpu",
@@ -173,11 +182,17 @@ def run_one(strategy: str, seed: int, args: argparse.Namespace, log: Any) -> dic
     wall = time.monotonic() - started
     attempts = []
     for r in result.records:
-        attempts.append({
-            "iteration": r.iteration, "block": r.block, "status": r.status,
-            "metric": r.metric, "seconds": r.seconds, "move": r.extras.get("move", ""),
-            "cached": bool(r.extras.get("cached")),
-        })
+        attempts.append(
+            {
+                "iteration": r.iteration,
+                "block": r.block,
+                "status": r.status,
+                "metric": r.metric,
+                "seconds": r.seconds,
+                "move": r.extras.get("move", ""),
+                "cached": bool(r.extras.get("cached")),
+            }
+        )
     final_path = run_dir / "final.json"
     final = json.loads(final_path.read_text()) if final_path.exists() else {}
     return {
@@ -190,8 +205,9 @@ def run_one(strategy: str, seed: int, args: argparse.Namespace, log: Any) -> dic
         "test": result.test_metric,
         "test_status": final.get("status"),
         "best_spec": result.best_spec.read_text(encoding="utf-8"),
-        "trained_runs": sum(1 for a in attempts
-                            if not a["cached"] and a["status"] not in ("invalid",)),
+        "trained_runs": sum(
+            1 for a in attempts if not a["cached"] and a["status"] not in ("invalid",)
+        ),
         "wall_seconds": round(wall, 1),
         "stopped": result.stopped,
     }
@@ -238,29 +254,43 @@ def report(data: dict[str, Any], out: Path) -> str:
     iters = int(data["config"]["iters"])
     present = [s for s in STRATEGIES if any(r["strategy"] == s for r in runs)]
     cols = sorted({0, 1, *range(2, iters + 1, 2), iters})
-    head = ["strategy", "seeds", *(f"it {c}" for c in cols), "best val", "test (once)",
-            "candidates (cached)", "wall min"]
+    head = [
+        "strategy",
+        "seeds",
+        *(f"it {c}" for c in cols),
+        "best val",
+        "test (once)",
+        "candidates (cached)",
+        "wall min",
+    ]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     curves: dict[str, list[list[float]]] = {}
     for s in present:
         mine = sorted((r for r in runs if r["strategy"] == s), key=lambda r: r["seed"])
-        per_iter = [[r["curve"][c] for r in mine if r["curve"][c] is not None]
-                    for c in range(iters + 1)]
+        per_iter = [
+            [r["curve"][c] for r in mine if r["curve"][c] is not None] for c in range(iters + 1)
+        ]
         curves[s] = per_iter
         tests = [r["test"] for r in mine if r["test"] is not None]
-        row = [f"`{s}`", str(len(mine)), *(_ms(per_iter[c]) for c in cols),
-               _ms([r["best_val"] for r in mine if r["best_val"] is not None]), _ms(tests),
-               f"{statistics.fmean(_scored(r) for r in mine):.1f} "
-               f"({statistics.fmean(_cached(r) for r in mine):.1f})",
-               f"{statistics.fmean(r['wall_seconds'] for r in mine) / 60:.1f}"]
+        row = [
+            f"`{s}`",
+            str(len(mine)),
+            *(_ms(per_iter[c]) for c in cols),
+            _ms([r["best_val"] for r in mine if r["best_val"] is not None]),
+            _ms(tests),
+            f"{statistics.fmean(_scored(r) for r in mine):.1f} "
+            f"({statistics.fmean(_cached(r) for r in mine):.1f})",
+            f"{statistics.fmean(r['wall_seconds'] for r in mine) / 60:.1f}",
+        ]
         lines.append("| " + " | ".join(row) + " |")
     table = "\n".join(lines) + "\n"
     _plot(curves, iters, out.with_suffix(".png"), data["config"])
     return table
 
 
-def _plot(curves: dict[str, list[list[float]]], iters: int, path: Path,
-          config: dict[str, Any]) -> None:
+def _plot(
+    curves: dict[str, list[list[float]]], iters: int, path: Path, config: dict[str, Any]
+) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -270,17 +300,29 @@ def _plot(curves: dict[str, list[list[float]]], iters: int, path: Path,
     for name, per_iter in curves.items():
         xs = [i for i, v in enumerate(per_iter) if v]
         means = [100 * statistics.fmean(per_iter[i]) for i in xs]
-        stds = [100 * statistics.stdev(per_iter[i]) if len(per_iter[i]) > 1 else 0.0
-                for i in xs]
-        line, = ax.plot(xs, means, marker="o", markersize=3, label=name,
-                        linestyle="--" if name == "zero-shot" else "-")
-        ax.fill_between(xs, [m - s for m, s in zip(means, stds, strict=True)],
-                        [m + s for m, s in zip(means, stds, strict=True)],
-                        color=line.get_color(), alpha=0.15)
+        stds = [100 * statistics.stdev(per_iter[i]) if len(per_iter[i]) > 1 else 0.0 for i in xs]
+        (line,) = ax.plot(
+            xs,
+            means,
+            marker="o",
+            markersize=3,
+            label=name,
+            linestyle="--" if name == "zero-shot" else "-",
+        )
+        ax.fill_between(
+            xs,
+            [m - s for m, s in zip(means, stds, strict=True)],
+            [m + s for m, s in zip(means, stds, strict=True)],
+            color=line.get_color(),
+            alpha=0.15,
+        )
     ax.set_xlabel("iteration (training runs after the baseline)")
     ax.set_ylabel("best validation accuracy so far (%)")
-    ax.set_title(f"Fashion-MNIST subset {config.get('subset')}: mean ± std over "
-                 f"{len(config.get('seeds', []))} seeds", fontsize=10)
+    ax.set_title(
+        f"Fashion-MNIST subset {config.get('subset')}: mean ± std over "
+        f"{len(config.get('seeds', []))} seeds",
+        fontsize=10,
+    )
     ax.set_xticks(range(iters + 1))
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="lower right")
@@ -297,14 +339,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--iters", type=int, default=10)
     parser.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1")
     parser.add_argument("--strategies", default=",".join(STRATEGIES))
-    parser.add_argument("--subset", type=int, default=None,
-                        help="training images in the bench copy (default: the spec's 5000)")
-    parser.add_argument("--val-fraction", type=float, default=None,
-                        help="validation share in the bench copy (default: the spec's 0.1)")
+    parser.add_argument(
+        "--subset",
+        type=int,
+        default=None,
+        help="training images in the bench copy (default: the spec's 5000)",
+    )
+    parser.add_argument(
+        "--val-fraction",
+        type=float,
+        default=None,
+        help="validation share in the bench copy (default: the spec's 0.1)",
+    )
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--timeout", type=float, default=240.0, help="seconds per training run")
-    parser.add_argument("--work", default="/tmp/improve-refine-compare",
-                        help="where the spec copies, run folders and cache live")
+    parser.add_argument(
+        "--work",
+        default="/tmp/improve-refine-compare",
+        help="where the spec copies, run folders and cache live",
+    )
     parser.add_argument("--out", type=Path, default=RESULTS / "refine_compare.json")
     parser.add_argument("--report", action="store_true", help="only rebuild table and plot")
     args = parser.parse_args(argv)
@@ -313,17 +366,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     if unknown:
         parser.error(f"unknown strategies {sorted(unknown)}; choose from {STRATEGIES}")
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    config = {"iters": args.iters, "seeds": list(range(args.seeds)), "strategies": strategies,
-              "subset": args.subset or 5000, "val_fraction": args.val_fraction or 0.1,
-              "threads": args.threads, "timeout": args.timeout,
-              "machine": f"{platform.processor() or platform.machine()}, "
-                         f"{__import__('os').cpu_count()} CPUs, {platform.platform()}",
-              "refinable_blocks": list(registry.REFINABLE_BLOCKS)}
+    config = {
+        "iters": args.iters,
+        "seeds": list(range(args.seeds)),
+        "strategies": strategies,
+        "subset": args.subset or 5000,
+        "val_fraction": args.val_fraction or 0.1,
+        "threads": args.threads,
+        "timeout": args.timeout,
+        "machine": f"{platform.processor() or platform.machine()}, "
+        f"{__import__('os').cpu_count()} CPUs, {platform.platform()}",
+        "refinable_blocks": list(registry.REFINABLE_BLOCKS),
+    }
     data: dict[str, Any] = {"config": config, "runs": {}}
     if args.out.exists():
         old = json.loads(args.out.read_text())
-        if args.report or {k: old["config"].get(k) for k in ("iters", "subset", "val_fraction")} \
-                == {k: config[k] for k in ("iters", "subset", "val_fraction")}:
+        if args.report or {
+            k: old["config"].get(k) for k in ("iters", "subset", "val_fraction")
+        } == {k: config[k] for k in ("iters", "subset", "val_fraction")}:
             data["runs"] = old.get("runs", {})
             if args.report:
                 data["config"] = old["config"]
@@ -342,10 +402,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                 tmp = args.out.with_suffix(".tmp")
                 tmp.write_text(json.dumps(data, indent=1))
                 tmp.replace(args.out)
-                curve = ", ".join("—" if v is None else f"{100 * v:.1f}"
-                                  for v in summary["curve"])
-                print(f"=== {key}: curve [{curve}] test {summary['test']} "
-                      f"({time.monotonic() - started:.0f} s)", flush=True)
+                curve = ", ".join("—" if v is None else f"{100 * v:.1f}" for v in summary["curve"])
+                print(
+                    f"=== {key}: curve [{curve}] test {summary['test']} "
+                    f"({time.monotonic() - started:.0f} s)",
+                    flush=True,
+                )
     table = report(data, args.out)
     args.out.with_suffix(".md").write_text(table)
     print(table)

@@ -86,12 +86,16 @@ def check_model(spec: Spec, ast: SpecAST, script: str) -> ModelReport:
         raise _not_fitting(spec, ast, image, exc) from None
     if tuple(output.shape) != (1, num_classes):
         raise _located(
-            ast, "model", _model_field(spec),
+            ast,
+            "model",
+            _model_field(spec),
             f"the model gives outputs of shape {tuple(output.shape)} for one image, not "
-            f"(1, {num_classes})", None,
+            f"(1, {num_classes})",
+            None,
         )
     params = sum(
-        p.numel() for p in model.parameters()
+        p.numel()
+        for p in model.parameters()
         if not isinstance(p, torch.nn.parameter.UninitializedParameter)
     )
     return ModelReport(params, int(counter.get_total_flops()), (channels, height, width))
@@ -121,21 +125,19 @@ def _not_fitting(spec: Spec, ast: SpecAST, image: str, exc: BaseException) -> Di
     if field == "layers":
         hint = "use fewer pooling layers or strides, or a larger image_size"
     elif spec.model.arch is not None and spec.model.arch.name == "torchvision":
-        hint = ("ImageNet models shrink images 32-fold; choose a CIFAR-sized arch (resnet, "
-                "preact_resnet, wide_resnet, airbench) or a larger image_size")
+        hint = (
+            "ImageNet models shrink images 32-fold; choose a CIFAR-sized arch (resnet, "
+            "preact_resnet, wide_resnet, airbench) or a larger image_size"
+        )
     else:
         hint = "use fewer stages or a larger image_size"
-    return _located(
-        ast, "model", field, f"the model does not fit {image} images: {reason}", hint
-    )
+    return _located(ast, "model", field, f"the model does not fit {image} images: {reason}", hint)
 
 
 _POOLED = re.compile(
     r"Given input size: \((\d+x\d+x\d+)\)\. Calculated output size: \((\d+x-?\d+x-?\d+)\)"
 )
-_KERNEL = re.compile(
-    r"input size per channel: \((\d+) x (\d+)\)\. Kernel size: \((\d+) x (\d+)\)"
-)
+_KERNEL = re.compile(r"input size per channel: \((\d+) x (\d+)\)\. Kernel size: \((\d+) x (\d+)\)")
 _SHRUNK = "the feature maps shrink to nothing before the classifier"
 
 
@@ -147,8 +149,7 @@ def _reason(exc: BaseException) -> str:
         return f"{_SHRUNK} (a {pooled[1]} map would become {pooled[2]})"
     kernel = _KERNEL.search(text)
     if kernel:
-        return (f"{_SHRUNK} (a {kernel[3]}x{kernel[4]} kernel meets a {kernel[1]}x{kernel[2]} "
-                "map)")
+        return f"{_SHRUNK} (a {kernel[3]}x{kernel[4]} kernel meets a {kernel[1]}x{kernel[2]} map)"
     if "Expected more than 1 value per channel" in text:
         return f"batch norm sees a single value per channel ({_shorten(text)})"
     return _shorten(text)

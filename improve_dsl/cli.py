@@ -101,8 +101,10 @@ def cmd_docs(args: argparse.Namespace) -> int:
     text = docs.lookup(args.name)
     if text is None:
         hint = docs.suggestion(args.name)
-        raise UsageError(f"no block, field or op called '{args.name}'" + (f"; {hint}" if hint
-                         else "; run `improve docs` for the whole reference"))
+        raise UsageError(
+            f"no block, field or op called '{args.name}'"
+            + (f"; {hint}" if hint else "; run `improve docs` for the whole reference")
+        )
     print(text, end="")
     return EXIT_OK
 
@@ -230,9 +232,15 @@ def _train(args: argparse.Namespace, split: str) -> int:
     label = compiled.spec.pipeline.name + (" (test split)" if split == "test" else "")
     try:
         with EpochProgress(console, label) as progress:
-            result = run_script(out / "train.py", out, split=split, device=args.device,
-                                seed=args.seed, timeout=getattr(args, "timeout", None),
-                                on_event=progress)
+            result = run_script(
+                out / "train.py",
+                out,
+                split=split,
+                device=args.device,
+                seed=args.seed,
+                timeout=getattr(args, "timeout", None),
+                on_event=progress,
+            )
     except KeyboardInterrupt:
         _err(f"interrupted; the partial log is in {out / 'log'}")
         return EXIT_INTERRUPTED
@@ -251,10 +259,12 @@ def _train(args: argparse.Namespace, split: str) -> int:
         detail += f", {speed:,.0f} images/s"
     print(f"{result.metric_name} {result.metric:.4f} ({detail}); results in {out}")
     if split == "test":
-        print("This is the once-only test score: the model was trained exactly as `improve run` "
-              "trains it (same training split; the validation share held out and unused for "
-              "fitting) and scored once on the untouched test split. Report it; do not choose "
-              "between specs with it.")
+        print(
+            "This is the once-only test score: the model was trained exactly as `improve run` "
+            "trains it (same training split; the validation share held out and unused for "
+            "fitting) and scored once on the untouched test split. Report it; do not choose "
+            "between specs with it."
+        )
     return EXIT_OK
 
 
@@ -389,129 +399,201 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"improve {__version__}")
     verbs = parser.add_subparsers(dest="verb", metavar="VERB")
 
-    p = verbs.add_parser("check", help="check specs and print diagnostics",
-                         description="Parse and validate specs; print every diagnostic. Exit 0 "
-                         "when all are valid, 2 otherwise.")
+    p = verbs.add_parser(
+        "check",
+        help="check specs and print diagnostics",
+        description="Parse and validate specs; print every diagnostic. Exit 0 "
+        "when all are valid, 2 otherwise.",
+    )
     p.add_argument("specs", nargs="+", metavar="SPEC")
-    p.add_argument("-v", "--verbose", action="store_true",
-                   help="also build the model on the meta device and report parameters and "
-                   "FLOPs per image")
+    p.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        help="also build the model on the meta device and report parameters and FLOPs per image",
+    )
     p.set_defaults(func=cmd_check)
 
-    p = verbs.add_parser("fmt", help="format specs canonically (comments kept)",
-                         description="Rewrite specs in canonical layout; comments are kept and "
-                         "formatting twice changes nothing.")
+    p = verbs.add_parser(
+        "fmt",
+        help="format specs canonically (comments kept)",
+        description="Rewrite specs in canonical layout; comments are kept and "
+        "formatting twice changes nothing.",
+    )
     p.add_argument("specs", nargs="+", metavar="SPEC")
-    p.add_argument("--check", action="store_true",
-                   help="change nothing; print a diff and exit 1 when a spec is not formatted")
+    p.add_argument(
+        "--check",
+        action="store_true",
+        help="change nothing; print a diff and exit 1 when a spec is not formatted",
+    )
     p.set_defaults(func=cmd_fmt)
 
-    p = verbs.add_parser("docs", help="reference of blocks, fields and ops",
-                         description="Print the language reference from the registry, or the "
-                         "entry for NAME (a block, `block.field`, or an op such as sgd).")
+    p = verbs.add_parser(
+        "docs",
+        help="reference of blocks, fields and ops",
+        description="Print the language reference from the registry, or the "
+        "entry for NAME (a block, `block.field`, or an op such as sgd).",
+    )
     p.add_argument("name", nargs="?", metavar="NAME")
     p.set_defaults(func=cmd_docs)
 
-    p = verbs.add_parser("grammar", help="the grammar an LLM is held to when rewriting a block",
-                         description="Print the reply grammar for one refinable block (or all of "
-                         "them, in order, for all-at-once rewriting): closed vocabulary, locked "
-                         "fields absent.")
-    p.add_argument("--block", choices=["data", "augment", "model", "train", "eval"],
-                   help="the block (default: every refinable block)")
-    p.add_argument("--format", choices=["lark", "gbnf"], default="lark",
-                   help="lark (OpenAI custom tools, vLLM) or gbnf (llama.cpp); default lark")
+    p = verbs.add_parser(
+        "grammar",
+        help="the grammar an LLM is held to when rewriting a block",
+        description="Print the reply grammar for one refinable block (or all of "
+        "them, in order, for all-at-once rewriting): closed vocabulary, locked "
+        "fields absent.",
+    )
+    p.add_argument(
+        "--block",
+        choices=["data", "augment", "model", "train", "eval"],
+        help="the block (default: every refinable block)",
+    )
+    p.add_argument(
+        "--format",
+        choices=["lark", "gbnf"],
+        default="lark",
+        help="lark (OpenAI custom tools, vLLM) or gbnf (llama.cpp); default lark",
+    )
     p.set_defaults(func=cmd_grammar)
 
-    p = verbs.add_parser("diff", help="which blocks differ between two specs, and how",
-                         description="Block-level semantic diff; exit 0 when the specs agree, 1 "
-                         "when they differ, 2 when one does not parse.")
+    p = verbs.add_parser(
+        "diff",
+        help="which blocks differ between two specs, and how",
+        description="Block-level semantic diff; exit 0 when the specs agree, 1 "
+        "when they differ, 2 when one does not parse.",
+    )
     p.add_argument("a", metavar="A")
     p.add_argument("b", metavar="B")
     p.set_defaults(func=cmd_diff)
 
-    p = verbs.add_parser("report", help="HTML report of a refinement run",
-                         description="Write one self-contained HTML page for a run directory of "
-                         "`improve refine`: the metric per iteration, each attempt's diff, "
-                         "rationale, time and cost, and the final test score when present. The "
-                         "plot is also saved as a PNG next to the page.")
+    p = verbs.add_parser(
+        "report",
+        help="HTML report of a refinement run",
+        description="Write one self-contained HTML page for a run directory of "
+        "`improve refine`: the metric per iteration, each attempt's diff, "
+        "rationale, time and cost, and the final test score when present. The "
+        "plot is also saved as a PNG next to the page.",
+    )
     p.add_argument("run_dir", metavar="RUN_DIR")
-    p.add_argument("-o", "--output", metavar="FILE",
-                   help="where to write the page (default: RUN_DIR/report.html)")
+    p.add_argument(
+        "-o",
+        "--output",
+        metavar="FILE",
+        help="where to write the page (default: RUN_DIR/report.html)",
+    )
     p.set_defaults(func=cmd_report)
 
-    p = verbs.add_parser("compile", help="compile a spec to a standalone PyTorch training script",
-                         description="Check SPEC (diagnostics: exit 2) and write the training "
-                         "script it compiles to: one black-formatted file that needs only torch, "
-                         "torchvision and numpy. Run it with `python train.py --help`.")
+    p = verbs.add_parser(
+        "compile",
+        help="compile a spec to a standalone PyTorch training script",
+        description="Check SPEC (diagnostics: exit 2) and write the training "
+        "script it compiles to: one black-formatted file that needs only torch, "
+        "torchvision and numpy. Run it with `python train.py --help`.",
+    )
     p.add_argument("spec", metavar="SPEC")
     p.add_argument("-o", "--output", metavar="FILE", help="write the script here (default: stdout)")
-    p.add_argument("--no-check", action="store_true",
-                   help="skip building the model on the meta device (e.g. when the dataset is "
-                   "not on this machine)")
+    p.add_argument(
+        "--no-check",
+        action="store_true",
+        help="skip building the model on the meta device (e.g. when the dataset is "
+        "not on this machine)",
+    )
     p.set_defaults(func=cmd_compile)
 
     train_flags = argparse.ArgumentParser(add_help=False)
-    train_flags.add_argument("--device", type=_device, default="auto",
-                             help="auto (CUDA when there is a GPU, else CPU), cpu, cuda or "
-                             "cuda:N; default auto")
-    train_flags.add_argument("--seed", type=_seed,
-                             help="training seed (default: the spec's pipeline seed); the "
-                             "validation split has its own seed in the spec and never changes")
+    train_flags.add_argument(
+        "--device",
+        type=_device,
+        default="auto",
+        help="auto (CUDA when there is a GPU, else CPU), cpu, cuda or cuda:N; default auto",
+    )
+    train_flags.add_argument(
+        "--seed",
+        type=_seed,
+        help="training seed (default: the spec's pipeline seed); the "
+        "validation split has its own seed in the spec and never changes",
+    )
 
-    p = verbs.add_parser("run", parents=[train_flags],
-                         help="compile a spec, train it, score it on the validation split",
-                         description="Compile SPEC (diagnostics: exit 2), write the script to "
-                         "DIR/train.py and train it, showing epoch, ETA and the latest score. "
-                         "The score is measured on the validation split; the test split is not "
-                         "touched. DIR gets train.py, spec.imp, log, metrics.json and model.pt. "
-                         "Exit 1 when the run fails (NaN loss, out of memory, crash, timeout), "
-                         "130 on Ctrl-C.")
+    p = verbs.add_parser(
+        "run",
+        parents=[train_flags],
+        help="compile a spec, train it, score it on the validation split",
+        description="Compile SPEC (diagnostics: exit 2), write the script to "
+        "DIR/train.py and train it, showing epoch, ETA and the latest score. "
+        "The score is measured on the validation split; the test split is not "
+        "touched. DIR gets train.py, spec.imp, log, metrics.json and model.pt. "
+        "Exit 1 when the run fails (NaN loss, out of memory, crash, timeout), "
+        "130 on Ctrl-C.",
+    )
     p.add_argument("spec", metavar="SPEC", help="the pipeline spec (.imp file)")
-    p.add_argument("--out", metavar="DIR",
-                   help="run directory (default: SPEC's stem + .improve/runs/<timestamp>, beside "
-                   "the spec)")
-    p.add_argument("--timeout", type=_seconds, metavar="S",
-                   help="stop the run after S seconds (exit 1)")
+    p.add_argument(
+        "--out",
+        metavar="DIR",
+        help="run directory (default: SPEC's stem + .improve/runs/<timestamp>, beside the spec)",
+    )
+    p.add_argument(
+        "--timeout", type=_seconds, metavar="S", help="stop the run after S seconds (exit 1)"
+    )
     p.set_defaults(func=cmd_run)
 
-    p = verbs.add_parser("evaluate", parents=[train_flags],
-                         help="the once-only score on the untouched test split",
-                         description="Train SPEC exactly as `improve run` does (the same "
-                         "training split; the validation share is held out and not used for "
-                         "fitting) and score it once on the test split, which nothing else "
-                         "reads. Use it to report a final figure, not to choose between specs. "
-                         "DIR gets train.py, spec.imp, log, metrics.json and model.pt.")
+    p = verbs.add_parser(
+        "evaluate",
+        parents=[train_flags],
+        help="the once-only score on the untouched test split",
+        description="Train SPEC exactly as `improve run` does (the same "
+        "training split; the validation share is held out and not used for "
+        "fitting) and score it once on the test split, which nothing else "
+        "reads. Use it to report a final figure, not to choose between specs. "
+        "DIR gets train.py, spec.imp, log, metrics.json and model.pt.",
+    )
     p.add_argument("spec", metavar="SPEC", help="the pipeline spec (.imp file)")
-    p.add_argument("--out", metavar="DIR",
-                   help="run directory (default: SPEC's stem + .improve/evaluate/<timestamp>)")
+    p.add_argument(
+        "--out",
+        metavar="DIR",
+        help="run directory (default: SPEC's stem + .improve/evaluate/<timestamp>)",
+    )
     p.set_defaults(func=cmd_evaluate)
 
-    p = verbs.add_parser("predict", help="classify images with a finished run's model",
-                         description="Load RUN_DIR/model.pt and the architecture from "
-                         "RUN_DIR/train.py, prepare each image as in training (colour mode, "
-                         "resize to the input size, the saved normalisation) and print "
-                         "`IMAGE: CLASS (PROBABILITY)` per image.")
-    p.add_argument("run_dir", metavar="RUN_DIR",
-                   help="a directory written by `improve run` or `improve evaluate`")
+    p = verbs.add_parser(
+        "predict",
+        help="classify images with a finished run's model",
+        description="Load RUN_DIR/model.pt and the architecture from "
+        "RUN_DIR/train.py, prepare each image as in training (colour mode, "
+        "resize to the input size, the saved normalisation) and print "
+        "`IMAGE: CLASS (PROBABILITY)` per image.",
+    )
+    p.add_argument(
+        "run_dir",
+        metavar="RUN_DIR",
+        help="a directory written by `improve run` or `improve evaluate`",
+    )
     p.add_argument("images", nargs="+", metavar="IMAGE", help="image files (PNG, JPEG, ...)")
     p.set_defaults(func=cmd_predict)
 
-    p = verbs.add_parser("init", help="write a starting spec for a dataset",
-                         description="Profile a dataset (image count, classes, balance, sizes, "
-                         "channels) and write a starting spec suited to it, with the profile in "
-                         "a comment at the top. The spec checks, is canonically formatted, and "
-                         "is a baseline for `improve refine`.")
-    p.add_argument("--data", required=True, metavar="DATA",
-                   help="a folder with one sub-folder of images per class (optionally under "
-                   "train/ and test/), or a built-in dataset: digits, fashion_mnist, mnist, "
-                   "cifar10, cifar100, svhn (write ./NAME for a folder called NAME)")
-    p.add_argument("-o", "--output", required=True, metavar="SPEC",
-                   help="where to write the spec")
+    p = verbs.add_parser(
+        "init",
+        help="write a starting spec for a dataset",
+        description="Profile a dataset (image count, classes, balance, sizes, "
+        "channels) and write a starting spec suited to it, with the profile in "
+        "a comment at the top. The spec checks, is canonically formatted, and "
+        "is a baseline for `improve refine`.",
+    )
+    p.add_argument(
+        "--data",
+        required=True,
+        metavar="DATA",
+        help="a folder with one sub-folder of images per class (optionally under "
+        "train/ and test/), or a built-in dataset: digits, fashion_mnist, mnist, "
+        "cifar10, cifar100, svhn (write ./NAME for a folder called NAME)",
+    )
+    p.add_argument("-o", "--output", required=True, metavar="SPEC", help="where to write the spec")
     p.add_argument("--force", action="store_true", help="overwrite SPEC if it exists")
     p.set_defaults(func=cmd_init)
 
     p = verbs.add_parser(
-        "refine", help="improve a spec by Iterative Refinement, one block at a time",
+        "refine",
+        help="improve a spec by Iterative Refinement, one block at a time",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         description="""\
 Improve SPEC by Iterative Refinement. First the spec as it is is trained and scored on
@@ -543,64 +625,131 @@ examples:
   improve refine spec.imp --zero-shot --expert openai     # the paper's baseline
   improve refine --resume spec.improve/20261104-101500
 
-exit codes: 0 done, 1 no candidate could be trained, 2 bad input, 130 interrupted""")
+exit codes: 0 done, 1 no candidate could be trained, 2 bad input, 130 interrupted""",
+    )
     p.add_argument("spec", nargs="?", metavar="SPEC", help="the pipeline spec (.imp file)")
-    p.add_argument("--iters", type=int, metavar="N",
-                   help="refinement iterations after the baseline (default 10)")
-    p.add_argument("--expert", metavar="EXPERT",
-                   help="heuristic, openai[:MODEL] or replay:FILE (see below)")
-    p.add_argument("--base-url", metavar="URL",
-                   help="OpenAI-compatible server for the openai expert (default "
-                   "$OPENAI_BASE_URL, else OpenAI)")
-    p.add_argument("--select", choices=("analyst", "diagnose", "round-robin"),
-                   default="analyst",
-                   help="how the block to rewrite is chosen: analyst (the expert reads the "
-                   "curves and names one; rules when it has no analyst), diagnose (rules over "
-                   "the curves: overfitting → augment/regularise, underfitting → model/train, "
-                   "unstable → train), round-robin; default analyst")
-    p.add_argument("--strategy", choices=("iterative", "all-at-once"), default="iterative",
-                   help="rewrite one block per iteration (default), or every block at once "
-                   "(for comparison)")
-    p.add_argument("--zero-shot", action="store_true",
-                   help="one all-blocks proposal and no iteration (the zero-shot baseline)")
-    p.add_argument("--seeds", type=int, default=1, metavar="K",
-                   help="train each candidate with K seeds; keep it only if its mean beats the "
-                   "incumbent by more than the seed noise (default 1)")
-    p.add_argument("--min-delta", type=float, default=0.0, metavar="D",
-                   help="a change is kept only if it gains more than D (default 0)")
-    p.add_argument("--parallel", type=int, metavar="K",
-                   help="train K runs at once (candidates and seeds; one GPU each where there "
-                   "are GPUs, CPU threads divided between them); default 1")
-    p.add_argument("--executor", choices=("local", "ray"),
-                   help="where runs train: local (default) or ray, tasks on a Ray cluster "
-                   "(pip install 'improve-dsl[ray]'; see docs/ray.md)")
-    p.add_argument("--ray-address", metavar="ADDR",
-                   help="the Ray cluster to join, e.g. HEAD:6379 (implies --executor ray; "
-                   "default $RAY_ADDRESS, else a new local cluster)")
-    p.add_argument("--timeout", type=_seconds, metavar="S",
-                   help="stop a training run after S seconds (recorded as failed)")
-    p.add_argument("--budget-minutes", type=float, metavar="M",
-                   help="start no new attempt after M minutes")
-    p.add_argument("--max-cost", type=float, metavar="USD",
-                   help="stop once the expert has cost USD dollars")
-    p.add_argument("--no-prune", dest="prune", action="store_const", const=False,
-                   help="never stop a candidate early (default: stop one that falls more than "
-                   "0.1 below the incumbent at the same epoch, after half its epochs)")
-    p.add_argument("--device", type=_device,
-                   help="auto (default), cpu, cuda or cuda:N")
+    p.add_argument(
+        "--iters",
+        type=int,
+        metavar="N",
+        help="refinement iterations after the baseline (default 10)",
+    )
+    p.add_argument(
+        "--expert", metavar="EXPERT", help="heuristic, openai[:MODEL] or replay:FILE (see below)"
+    )
+    p.add_argument(
+        "--base-url",
+        metavar="URL",
+        help="OpenAI-compatible server for the openai expert (default "
+        "$OPENAI_BASE_URL, else OpenAI)",
+    )
+    p.add_argument(
+        "--select",
+        choices=("analyst", "diagnose", "round-robin"),
+        default="analyst",
+        help="how the block to rewrite is chosen: analyst (the expert reads the "
+        "curves and names one; rules when it has no analyst), diagnose (rules over "
+        "the curves: overfitting → augment/regularise, underfitting → model/train, "
+        "unstable → train), round-robin; default analyst",
+    )
+    p.add_argument(
+        "--strategy",
+        choices=("iterative", "all-at-once"),
+        default="iterative",
+        help="rewrite one block per iteration (default), or every block at once (for comparison)",
+    )
+    p.add_argument(
+        "--zero-shot",
+        action="store_true",
+        help="one all-blocks proposal and no iteration (the zero-shot baseline)",
+    )
+    p.add_argument(
+        "--seeds",
+        type=int,
+        default=1,
+        metavar="K",
+        help="train each candidate with K seeds; keep it only if its mean beats the "
+        "incumbent by more than the seed noise (default 1)",
+    )
+    p.add_argument(
+        "--min-delta",
+        type=float,
+        default=0.0,
+        metavar="D",
+        help="a change is kept only if it gains more than D (default 0)",
+    )
+    p.add_argument(
+        "--parallel",
+        type=int,
+        metavar="K",
+        help="train K runs at once (candidates and seeds; one GPU each where there "
+        "are GPUs, CPU threads divided between them); default 1",
+    )
+    p.add_argument(
+        "--executor",
+        choices=("local", "ray"),
+        help="where runs train: local (default) or ray, tasks on a Ray cluster "
+        "(pip install 'improve-dsl[ray]'; see docs/ray.md)",
+    )
+    p.add_argument(
+        "--ray-address",
+        metavar="ADDR",
+        help="the Ray cluster to join, e.g. HEAD:6379 (implies --executor ray; "
+        "default $RAY_ADDRESS, else a new local cluster)",
+    )
+    p.add_argument(
+        "--timeout",
+        type=_seconds,
+        metavar="S",
+        help="stop a training run after S seconds (recorded as failed)",
+    )
+    p.add_argument(
+        "--budget-minutes", type=float, metavar="M", help="start no new attempt after M minutes"
+    )
+    p.add_argument(
+        "--max-cost", type=float, metavar="USD", help="stop once the expert has cost USD dollars"
+    )
+    p.add_argument(
+        "--no-prune",
+        dest="prune",
+        action="store_const",
+        const=False,
+        help="never stop a candidate early (default: stop one that falls more than "
+        "0.1 below the incumbent at the same epoch, after half its epochs)",
+    )
+    p.add_argument("--device", type=_device, help="auto (default), cpu, cuda or cuda:N")
     p.add_argument("--threads", type=int, metavar="N", help="CPU threads per training run")
-    p.add_argument("--no-test", dest="test", action="store_const", const=False,
-                   help="skip the final once-only score of the best spec on the test split")
-    p.add_argument("--run-dir", metavar="DIR",
-                   help="where to keep this run (default SPEC's stem + .improve/RUN-ID)")
-    p.add_argument("--resume", metavar="RUN_DIR",
-                   help="continue an interrupted run; --iters, --budget-minutes, --max-cost, "
-                   "--parallel, --timeout, --device, --threads may be changed")
-    p.add_argument("--git", action="store_true",
-                   help="commit SPEC after each kept change (only SPEC; the message names the "
-                   "block, the score change and the rationale)")
-    p.add_argument("--expert-seed", type=_seed, default=0, metavar="N",
-                   help="seed of the expert's tie-breaks (default 0)")
+    p.add_argument(
+        "--no-test",
+        dest="test",
+        action="store_const",
+        const=False,
+        help="skip the final once-only score of the best spec on the test split",
+    )
+    p.add_argument(
+        "--run-dir",
+        metavar="DIR",
+        help="where to keep this run (default SPEC's stem + .improve/RUN-ID)",
+    )
+    p.add_argument(
+        "--resume",
+        metavar="RUN_DIR",
+        help="continue an interrupted run; --iters, --budget-minutes, --max-cost, "
+        "--parallel, --timeout, --device, --threads may be changed",
+    )
+    p.add_argument(
+        "--git",
+        action="store_true",
+        help="commit SPEC after each kept change (only SPEC; the message names the "
+        "block, the score change and the rationale)",
+    )
+    p.add_argument(
+        "--expert-seed",
+        type=_seed,
+        default=0,
+        metavar="N",
+        help="seed of the expert's tie-breaks (default 0)",
+    )
     p.add_argument("-q", "--quiet", action="store_true", help="print nothing while refining")
     p.set_defaults(func=cmd_refine, test=None, prune=None)
 

@@ -241,7 +241,7 @@ def render(choices: Choices, profile: DatasetProfile, data: str, source: Op) -> 
     lines += _comment(profile.describe())
     if source.name in ("mnist", "cifar10", "cifar100", "svhn"):
         lines += _comment(
-            f"The {source.name} files are looked for under root = \"...\" or $IMPROVE_DATA; "
+            f'The {source.name} files are looked for under root = "..." or $IMPROVE_DATA; '
             "add download = true to the source to fetch them."
         )
     lines += _comment("Choices:") + [

@@ -20,7 +20,16 @@ from .ir import Op
 
 # The suffixes the generated script reads (templates/source/image_folder.py.jinja).
 IMAGE_EXTENSIONS = (
-    ".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"
+    ".png",
+    ".jpg",
+    ".jpeg",
+    ".bmp",
+    ".gif",
+    ".webp",
+    ".tif",
+    ".tiff",
+    ".ppm",
+    ".pgm",
 )
 # Image headers opened per folder scan, and images fully decoded; larger folders are sampled.
 HEADER_SAMPLE = 2000
@@ -99,11 +108,28 @@ class _Known:
 
 _DIGITS_NAMES = tuple(str(d) for d in range(10))
 _FASHION_NAMES = (
-    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
-    "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
 )
 _CIFAR10_NAMES = (
-    "airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck",
+    "airplane",
+    "automobile",
+    "bird",
+    "cat",
+    "deer",
+    "dog",
+    "frog",
+    "horse",
+    "ship",
+    "truck",
 )
 _CIFAR100_WORDS = (
     "apple aquarium_fish baby bear beaver bed bee beetle bicycle bottle bowl boy bridge bus "
@@ -120,16 +146,29 @@ _CIFAR100_NAMES = tuple(_CIFAR100_WORDS.split())
 
 _KNOWN: dict[str, _Known] = {
     # digits: 1,797 images; the script holds out a seeded, stratified 20% as the test split.
-    "digits": _Known(1, 8, 1438, 359, _DIGITS_NAMES,
-                     (178, 182, 177, 183, 181, 182, 181, 179, 174, 180)),
-    "mnist": _Known(1, 28, 60000, 10000, _DIGITS_NAMES,
-                    (5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949)),
+    "digits": _Known(
+        1, 8, 1438, 359, _DIGITS_NAMES, (178, 182, 177, 183, 181, 182, 181, 179, 174, 180)
+    ),
+    "mnist": _Known(
+        1,
+        28,
+        60000,
+        10000,
+        _DIGITS_NAMES,
+        (5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949),
+    ),
     "fashion_mnist": _Known(1, 28, 60000, 10000, _FASHION_NAMES, (6000,) * 10),
     "cifar10": _Known(3, 32, 50000, 10000, _CIFAR10_NAMES, (5000,) * 10),
     "cifar100": _Known(3, 32, 50000, 10000, _CIFAR100_NAMES, (500,) * 100),
     # SVHN's train split (extra not used); torchvision maps the digit 0 (label 10) to 0.
-    "svhn": _Known(3, 32, 73257, 26032, _DIGITS_NAMES,
-                   (4948, 13861, 10585, 8497, 7458, 6882, 5727, 5595, 5045, 4659)),
+    "svhn": _Known(
+        3,
+        32,
+        73257,
+        26032,
+        _DIGITS_NAMES,
+        (4948, 13861, 10585, 8497, 7458, 6882, 5727, 5595, 5045, 4659),
+    ),
 }
 
 # Where the Fashion-MNIST IDX files may be, in the order the script looks.
@@ -166,8 +205,10 @@ def profile_dataset(source: Op) -> DatasetProfile:
     train_count = known.train_count
     subset = source.params.get("subset")
     if isinstance(subset, int) and subset < train_count:
-        notes.append(f"subset = {subset:,}: training uses a stratified {subset:,} of the "
-                     f"{train_count:,} training images")
+        notes.append(
+            f"subset = {subset:,}: training uses a stratified {subset:,} of the "
+            f"{train_count:,} training images"
+        )
         train_count = subset
     return DatasetProfile(
         name=source.name,
@@ -215,8 +256,11 @@ def _fashion_labels(source: Op) -> tuple[int, ...] | None:
             path = folder / name
             if path.is_file():
                 try:
-                    data = gzip.decompress(path.read_bytes()) if name.endswith(".gz") else (
-                        path.read_bytes())
+                    data = (
+                        gzip.decompress(path.read_bytes())
+                        if name.endswith(".gz")
+                        else (path.read_bytes())
+                    )
                 except (OSError, EOFError, gzip.BadGzipFile):
                     continue
                 if len(data) < 8 or int.from_bytes(data[:4], "big") != 2049:
@@ -232,7 +276,7 @@ def _fashion_labels(source: Op) -> tuple[int, ...] | None:
 def _root(source: Op) -> str:
     root = source.params.get("root")
     if not isinstance(root, str) or not root:
-        raise ProfileError("image_folder needs root = \"path/to/images\"")
+        raise ProfileError('image_folder needs root = "path/to/images"')
     return root
 
 
@@ -274,8 +318,11 @@ def _folder_classes(root: Path) -> dict[str, list[Path]]:
         )
     if len(with_images) < 2:
         only = with_images[0]
-        hint = (" (a train/ folder is read as a class unless test/ sits beside it)"
-                if only == "train" else "")
+        hint = (
+            " (a train/ folder is read as a class unless test/ sits beside it)"
+            if only == "train"
+            else ""
+        )
         raise ProfileError(
             f"only one class ('{only}') has images in {where}; a classifier needs at least "
             f"two class sub-folders{hint}"
@@ -327,16 +374,19 @@ def _profile_folder(source: Op) -> DatasetProfile:
         # Sampled: counts are of files, the unreadable ones estimated from the sample.
         counts = tuple(len(files) for files in classes.values())
         corrupt_count = round(len(corrupt) * len(all_files) / max(1, scan.opened))
-        notes.append(f"image sizes, modes and unreadable files from a sample of "
-                     f"{scan.opened:,} files")
+        notes.append(
+            f"image sizes, modes and unreadable files from a sample of {scan.opened:,} files"
+        )
     else:
         # Every header was read: count what the script will read, as it skips the rest.
         counts = tuple(sum(p not in corrupt for p in files) for files in classes.values())
         corrupt_count = len(corrupt)
     total = sum(counts)
     if sum(1 for count in counts if count) < 2:
-        raise ProfileError(f"fewer than two classes in '{root}' have images that can be read "
-                           f"({len(corrupt)} unreadable files, e.g. {scan.corrupt[0].name})")
+        raise ProfileError(
+            f"fewer than two classes in '{root}' have images that can be read "
+            f"({len(corrupt)} unreadable files, e.g. {scan.corrupt[0].name})"
+        )
     if test_folder is not None:
         test_count = sum(len(_images(test_folder / name)) for name in names)
         train_count = total
@@ -348,15 +398,19 @@ def _profile_folder(source: Op) -> DatasetProfile:
         # As the script's stratified_split: round(fraction x images), at least one each side.
         test_count = min(total - 1, max(1, round(test_fraction * total)))
         train_count = total - test_count
-        notes.append(f"no test/ folder: a seeded, stratified {test_fraction:.0%} of the images "
-                     "is held out as the test split")
+        notes.append(
+            f"no test/ folder: a seeded, stratified {test_fraction:.0%} of the images "
+            "is held out as the test split"
+        )
     empty = [name for name, count in zip(names, counts, strict=True) if not count]
     if empty:
         notes.append(f"class folders without images: {', '.join(empty)}")
     subset = source.params.get("subset")
     if isinstance(subset, int) and subset < train_count:
-        notes.append(f"subset = {subset:,}: training uses a stratified {subset:,} of the "
-                     f"{train_count:,} training images")
+        notes.append(
+            f"subset = {subset:,}: training uses a stratified {subset:,} of the "
+            f"{train_count:,} training images"
+        )
         train_count = subset
     if scan.corrupt:
         shown = ", ".join(str(p.relative_to(root)) for p in scan.corrupt[:3])
@@ -364,7 +418,7 @@ def _profile_folder(source: Op) -> DatasetProfile:
     size = source.integer("image_size")
     channels = source.integer("channels")
     if len(scan.sizes) > 1:
-        (common, _), = scan.sizes.most_common(1)
+        ((common, _),) = scan.sizes.most_common(1)
         widths = [w for w, _ in scan.sizes]
         heights = [h for _, h in scan.sizes]
         notes.append(
@@ -373,7 +427,7 @@ def _profile_folder(source: Op) -> DatasetProfile:
             f"resized to {size}x{size}"
         )
     elif scan.sizes:
-        (only, _), = scan.sizes.most_common(1)
+        ((only, _),) = scan.sizes.most_common(1)
         if only != (size, size):
             notes.append(f"images are {only[0]}x{only[1]}, resized to {size}x{size}")
     target = "L (grayscale)" if channels == 1 else "RGB"
@@ -381,7 +435,7 @@ def _profile_folder(source: Op) -> DatasetProfile:
         modes = ", ".join(f"{mode} ({count})" for mode, count in scan.modes.most_common())
         notes.append(f"mixed image modes: {modes}; all are converted to {target}")
     elif scan.modes:
-        (mode, _), = scan.modes.most_common(1)
+        ((mode, _),) = scan.modes.most_common(1)
         if mode != ("L" if channels == 1 else "RGB"):
             notes.append(f"images are mode {mode}, converted to {target}")
     return DatasetProfile(

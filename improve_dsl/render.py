@@ -193,8 +193,7 @@ _CONSTANT_NAMES = {
 
 # "Why" comments where the registry's "what" is not enough.
 _WHY = {
-    "VALIDATION_SEED": "independent of SEED: a new training seed never moves images between "
-    "splits",
+    "VALIDATION_SEED": "independent of SEED: a new training seed never moves images between splits",
     "SUBSET": "a stratified sample of the training share; validation stays whole",
     "EVAL_BATCH_SIZE": "no gradients are kept at evaluation, so larger batches fit",
     "LABEL_SMOOTHING": "softened targets: less over-confidence, often better accuracy",
@@ -251,6 +250,7 @@ def _imports(used: set[str] | None) -> tuple[Import, ...]:
             out.append(line)
     return tuple(out)
 
+
 def _constant_name(category: str, param: str) -> str:
     return _CONSTANT_NAMES.get((category, param), param.upper())
 
@@ -292,8 +292,11 @@ def _constants(spec: Spec) -> tuple[ConstantGroup, ...]:
         ConstantGroup(
             "data",
             (
-                *(c for c in _op_constants("source", spec.data.source) if c.value is not None
-                  or c.name == "DATA_ROOT"),
+                *(
+                    c
+                    for c in _op_constants("source", spec.data.source)
+                    if c.value is not None or c.name == "DATA_ROOT"
+                ),
                 *_op_constants("validation", spec.data.validation),
                 _field_constant("data", "batch_size", spec.data.batch_size),
             ),

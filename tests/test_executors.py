@@ -10,7 +10,7 @@ from pathlib import Path
 from improve_dsl.executors import LocalExecutor, TrainJob, make_executor
 
 # A stand-in for a compiled script: the same command line and JSON-lines protocol, no torch.
-FAKE = '''
+FAKE = """
 import json, os, sys, time
 args = sys.argv[1:]
 sleep = float(os.environ.get("FAKE_SLEEP", "0.3"))
@@ -22,7 +22,7 @@ for epoch in range(1, 4):
                       "val_loss": 1.0, "val_accuracy": 0.3 * epoch}), flush=True)
 print(json.dumps({"event": "result", "status": "ok", "metric": "accuracy",
                   "val_accuracy": 0.9, "t": time.time()}), flush=True)
-'''
+"""
 
 
 def _script(tmp_path: Path, sleep: float = 0.3) -> Path:
@@ -34,8 +34,9 @@ def _script(tmp_path: Path, sleep: float = 0.3) -> Path:
 def test_two_slots_run_two_jobs_at_once_each_on_its_own_gpu(tmp_path: Path) -> None:
     script = _script(tmp_path)
     with LocalExecutor(2, gpus=["0", "1"]) as executor:
-        handles = [executor.submit(TrainJob(script, tmp_path / f"out{i}", seed=i, tag=i))
-                   for i in range(2)]
+        handles = [
+            executor.submit(TrainJob(script, tmp_path / f"out{i}", seed=i, tag=i)) for i in range(2)
+        ]
         results = {h.job.tag: r for h, r in executor.as_completed(handles)}
     assert all(r.status == "ok" and r.metric == 0.9 for r in results.values())
     starts = [results[i].start or {} for i in range(2)]
@@ -45,8 +46,11 @@ def test_two_slots_run_two_jobs_at_once_each_on_its_own_gpu(tmp_path: Path) -> N
     assert starts[0]["t"] < ends[1] and starts[1]["t"] < ends[0]
     # CPU threads are divided between the slots, and the seed reaches the script.
     for i, start in enumerate(starts):
-        assert "--threads" in start["argv"] and ["--seed", str(i)] == start["argv"][
-            start["argv"].index("--seed") : start["argv"].index("--seed") + 2]
+        assert (
+            "--threads" in start["argv"]
+            and ["--seed", str(i)]
+            == start["argv"][start["argv"].index("--seed") : start["argv"].index("--seed") + 2]
+        )
 
 
 def test_one_slot_on_cpu_sets_no_gpu_and_no_thread_limit(tmp_path: Path) -> None:
@@ -72,8 +76,9 @@ def test_a_callback_returning_false_prunes_the_run(tmp_path: Path) -> None:
         return True
 
     with LocalExecutor(1) as executor:
-        result = executor.wait(executor.submit(
-            TrainJob(_script(tmp_path), tmp_path / "o", on_event=on_event)))
+        result = executor.wait(
+            executor.submit(TrainJob(_script(tmp_path), tmp_path / "o", on_event=on_event))
+        )
     assert result.status == "pruned" and seen == [1]
 
 

@@ -29,15 +29,22 @@ def curves(
     train: Sequence[float], val: Sequence[float], acc: Sequence[float]
 ) -> list[dict[str, Any]]:
     return [
-        {"event": "epoch", "epoch": i + 1, "epochs": len(train), "train_loss": t,
-         "val_loss": v, "val_accuracy": a}
+        {
+            "event": "epoch",
+            "epoch": i + 1,
+            "epochs": len(train),
+            "train_loss": t,
+            "val_loss": v,
+            "val_accuracy": a,
+        }
         for i, (t, v, a) in enumerate(zip(train, val, acc, strict=True))
     ]
 
 
 UNDERFIT_SLOW = curves([2.2, 1.9, 1.6, 1.3], [2.2, 1.9, 1.6, 1.35], [0.3, 0.5, 0.6, 0.7])
-OVERFIT = curves([0.9, 0.4, 0.1, 0.02, 0.01], [0.9, 0.6, 0.55, 0.7, 0.85],
-                 [0.7, 0.82, 0.85, 0.84, 0.83])
+OVERFIT = curves(
+    [0.9, 0.4, 0.1, 0.02, 0.01], [0.9, 0.6, 0.55, 0.7, 0.85], [0.7, 0.82, 0.85, 0.84, 0.83]
+)
 UNSTABLE = curves([1.0, 0.8, float("nan")], [1.0, 0.9, float("nan")], [0.6, 0.7, 0.1])
 PLATEAU = curves([0.30, 0.25, 0.24, 0.235], [0.32, 0.3, 0.29, 0.29], [0.90, 0.91, 0.912, 0.913])
 
@@ -50,8 +57,9 @@ def context(
     **kw: Any,
 ) -> Context:
     blocks = kw.pop("blocks", (block,))
-    return Context(spec_text, "spec.imp", blocks, "", "val_accuracy", 0.7, list(curves_),
-                   list(history), **kw)
+    return Context(
+        spec_text, "spec.imp", blocks, "", "val_accuracy", 0.7, list(curves_), list(history), **kw
+    )
 
 
 def attempt(iteration: int, block: str, status: str, move: str) -> Attempt:
@@ -98,8 +106,9 @@ def test_every_move_is_a_valid_edit_of_its_block_only(spec_name: str) -> None:
             for field_name in edit.locked_fields(block):
                 assert f"{field_name} =" not in proposal, move.id
             # Only model moves can break shapes; the meta-device check costs a second each.
-            merged = edit.apply_edit(text, spec_name, (block,), proposal,
-                                     check_shapes=block == "model")
+            merged = edit.apply_edit(
+                text, spec_name, (block,), proposal, check_shapes=block == "model"
+            )
             assert diff.changed_blocks(text, merged) == [block], move.id
             count += 1
     assert count >= 12
@@ -113,8 +122,9 @@ def test_flips_only_where_mirrored_images_keep_their_class() -> None:
     assert "augment.flip" not in digit_moves and "augment.rotation" in digit_moves
     assert "augment.flip" in fashion_moves
     # 8x8 digits get a 1-pixel shift, not a 4-pixel crop that would cut a digit in half.
-    (translate,) = [m for m in MOVE_MAKERS["augment"](digits, data_info(digits))
-                    if m.id == "augment.translate"]
+    (translate,) = [
+        m for m in MOVE_MAKERS["augment"](digits, data_info(digits)) if m.id == "augment.translate"
+    ]
     assert "translate(pixels = 1)" in str(translate.changes["ops"])
 
 
@@ -141,8 +151,9 @@ def test_an_mlp_that_underfits_becomes_a_cnn() -> None:
         ("train", UNSTABLE, "train.lr_down"),
     ],
 )
-def test_the_move_answers_the_diagnosis(block: str, curves_: list[dict[str, Any]],
-                                        expected: str) -> None:
+def test_the_move_answers_the_diagnosis(
+    block: str, curves_: list[dict[str, Any]], expected: str
+) -> None:
     assert HeuristicExpert().propose(context(block=block, curves_=curves_)).move == expected
 
 
@@ -162,9 +173,11 @@ def test_a_move_that_failed_is_never_proposed_again() -> None:
 
 
 def test_accepted_moves_may_repeat_up_to_their_limit() -> None:
-    history = [attempt(1, "train", "accepted", "train.momentum"),
-               attempt(2, "train", "accepted", "train.epochs_up"),
-               attempt(3, "train", "accepted", "train.epochs_up")]
+    history = [
+        attempt(1, "train", "accepted", "train.momentum"),
+        attempt(2, "train", "accepted", "train.epochs_up"),
+        attempt(3, "train", "accepted", "train.epochs_up"),
+    ]
     text = DIGITS.replace("momentum = 0.0, nesterov = false", "momentum = 0.9, nesterov = true")
     moves = [m.id for m in HeuristicExpert().moves(context(text, history=history), "train")]
     assert "train.epochs_up" not in moves and "train.momentum" not in moves
@@ -210,8 +223,12 @@ REFINABLE = registry.REFINABLE_BLOCKS
 
 @pytest.mark.parametrize(
     ("curves_", "block"),
-    [(OVERFIT, "augment"), (UNSTABLE, "train"), (UNDERFIT_SLOW, "train"),
-     (curves([2.0, 1.95, 1.94], [2.0, 1.96, 1.95], [0.3, 0.31, 0.31]), "model")],
+    [
+        (OVERFIT, "augment"),
+        (UNSTABLE, "train"),
+        (UNDERFIT_SLOW, "train"),
+        (curves([2.0, 1.95, 1.94], [2.0, 1.96, 1.95], [0.3, 0.31, 0.31]), "model"),
+    ],
 )
 def test_diagnose_points_at_the_right_block(curves_: list[dict[str, Any]], block: str) -> None:
     choice = by_diagnosis(diagnose(curves_, "val_accuracy"), [], REFINABLE)
@@ -259,7 +276,10 @@ def test_the_analyst_decides_and_the_rules_step_in_when_it_cannot() -> None:
     ctx = context(curves_=OVERFIT, blocks=())
     chosen = choose_block("analyst", _Analyst("eval"), ctx, REFINABLE)
     assert chosen is not None and (chosen.block, chosen.selector, chosen.tokens) == (
-        "eval", "analyst", 7)
+        "eval",
+        "analyst",
+        7,
+    )
     fallback = choose_block("analyst", _Analyst(None), ctx, REFINABLE)
     assert fallback is not None and (fallback.block, fallback.selector) == ("augment", "diagnose")
     wrong = choose_block("analyst", _Analyst("eval"), ctx, REFINABLE, exhausted={"eval"})

@@ -175,9 +175,21 @@ def test_a_spec_from_init_trains_with_improve_run(tmp_path: Path) -> None:
     spec.write_text(re.sub(r"epochs = \d+", "epochs = 1", spec.read_text()))
     run_dir = tmp_path / "run"
     proc = subprocess.run(
-        [sys.executable, "-m", "improve_dsl.cli", "run", str(spec), "--out", str(run_dir),
-         "--device", "cpu"],
-        capture_output=True, text=True, timeout=300, cwd=REPO,
+        [
+            sys.executable,
+            "-m",
+            "improve_dsl.cli",
+            "run",
+            str(spec),
+            "--out",
+            str(run_dir),
+            "--device",
+            "cpu",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=REPO,
         env=dict(os.environ, OMP_NUM_THREADS="1"),
     )
     assert proc.returncode == 0, proc.stderr

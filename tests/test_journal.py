@@ -61,7 +61,9 @@ def test_a_torn_last_line_is_skipped_and_the_next_append_survives(tmp_path: Path
     assert [r.iteration for r in run.records()] == [0, 1]
     run.append(_record(2, "accepted"))
     assert [(r.iteration, r.status) for r in run.records()] == [
-        (0, "accepted"), (1, "rejected"), (2, "accepted")
+        (0, "accepted"),
+        (1, "rejected"),
+        (2, "accepted"),
     ]
     # The torn fragment stays on a line of its own and never merges with a record.
     assert len(read_journal(run.journal_path)) == 3

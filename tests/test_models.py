@@ -309,16 +309,19 @@ def test_imagenet_models_that_need_bigger_images_are_located() -> None:
 def test_an_unusable_image_folder_is_located_on_the_source(tmp_path: Path) -> None:
     source = f'image_folder(root = "{tmp_path / "missing"}")'
     text = diagnostic("arch = mlp()", source)
-    assert text.startswith(f"t.imp:6:3: error: the image folder '{tmp_path / 'missing'}' does "
-                           "not exist")
+    assert text.startswith(
+        f"t.imp:6:3: error: the image folder '{tmp_path / 'missing'}' does not exist"
+    )
 
 
 def test_check_uses_the_image_folder_shape(tmp_path: Path) -> None:
     for name in ("cat", "dog", "eel"):
         (tmp_path / name).mkdir()
         Image.new("RGB", (20, 12)).save(tmp_path / name / "a.png")
-    info = report("arch = resnet(depth = 8, width = 8)",
-                  f'image_folder(root = "{tmp_path}", image_size = 48, channels = 1)')
+    info = report(
+        "arch = resnet(depth = 8, width = 8)",
+        f'image_folder(root = "{tmp_path}", image_size = 48, channels = 1)',
+    )
     assert info.input_shape == (1, 48, 48)
     # Three classes, not digits' ten: the classifier on 4 x 8 features is 7 x 33 smaller.
     assert info.params == report("arch = resnet(depth = 8, width = 8)").params - 7 * (4 * 8 + 1)
@@ -381,8 +384,16 @@ def test_model_sections_are_black_clean_and_mypy_strict_clean(tmp_path: Path) ->
         section = "import torch\nfrom torch import nn\n\n\n" + script[start:end].strip() + "\n"
         (tmp_path / f"model_{index}.py").write_text(section)
     result = subprocess.run(
-        [sys.executable, "-m", "mypy", "--strict", "--ignore-missing-imports",
-         "--no-incremental", str(tmp_path)],
-        capture_output=True, text=True,
+        [
+            sys.executable,
+            "-m",
+            "mypy",
+            "--strict",
+            "--ignore-missing-imports",
+            "--no-incremental",
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
     )
     assert result.returncode == 0, result.stdout

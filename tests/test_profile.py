@@ -56,8 +56,9 @@ def test_builtin_input_shapes(name: str, shape: tuple[int, int, int, int]) -> No
 
 def test_the_profile_module_does_not_import_torch() -> None:
     code = "import sys, improve_dsl.profile; print('torch' in sys.modules)"
-    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True,
-                         check=True)
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True
+    )
     assert out.stdout.strip() == "False"
 
 
@@ -143,8 +144,10 @@ def test_image_folder_profile_reports_what_a_user_should_know(tmp_path: Path) ->
         "unreadable files: 1 (skipped by the script)",
     ]
     assert "note: unreadable image files, e.g. dog/broken.png" in text
-    assert ("note: mixed image sizes: 3 different, 16-64 wide and 16-64 high (most 40x30); "
-            "all are resized to 32x32") in text
+    assert (
+        "note: mixed image sizes: 3 different, 16-64 wide and 16-64 high (most 40x30); "
+        "all are resized to 32x32"
+    ) in text
     assert "note: mixed image modes: RGB (5), L (3), RGBA (1); all are converted to RGB" in text
     assert "no test/ folder: a seeded, stratified 20% of the images is held out" in text
 
@@ -186,13 +189,21 @@ def test_profile_agrees_with_the_generated_scripts_folder_reader(tmp_path: Path)
     ("make", "message"),
     [
         (lambda root: None, "the image folder '{root}' does not exist"),
-        (lambda root: root.write_text("x"), "'{root}' is a file, not a folder of class "
-         "sub-folders"),
-        (lambda root: root.mkdir(), "no images found in class sub-folders of '{root}': expected "
-         "{root}/<class>/<image> (or train/ and test/ folders that hold class folders)"),
-        (lambda root: (root / "a" / "b").mkdir(parents=True), "no images found in class "
-         "sub-folders of '{root}': expected {root}/<class>/<image> (or train/ and test/ "
-         "folders that hold class folders)"),
+        (
+            lambda root: root.write_text("x"),
+            "'{root}' is a file, not a folder of class sub-folders",
+        ),
+        (
+            lambda root: root.mkdir(),
+            "no images found in class sub-folders of '{root}': expected "
+            "{root}/<class>/<image> (or train/ and test/ folders that hold class folders)",
+        ),
+        (
+            lambda root: (root / "a" / "b").mkdir(parents=True),
+            "no images found in class "
+            "sub-folders of '{root}': expected {root}/<class>/<image> (or train/ and test/ "
+            "folders that hold class folders)",
+        ),
     ],
 )
 def test_unusable_folders_give_one_clear_line(tmp_path: Path, make: object, message: str) -> None:
@@ -209,8 +220,11 @@ def test_one_class_folder_is_refused(tmp_path: Path) -> None:
     (tmp_path / "only").mkdir()
     (tmp_path / "empty").mkdir()
     Image.new("RGB", (8, 8)).save(tmp_path / "only" / "a.png")
-    with pytest.raises(ProfileError, match=r"^only one class \('only'\) has images in '.*'; a "
-                       r"classifier needs at least two class sub-folders$"):
+    with pytest.raises(
+        ProfileError,
+        match=r"^only one class \('only'\) has images in '.*'; a "
+        r"classifier needs at least two class sub-folders$",
+    ):
         profile_dataset(folder_source(tmp_path))
 
 
@@ -218,8 +232,11 @@ def test_a_lone_train_folder_is_explained(tmp_path: Path) -> None:
     for name in ("a", "b"):
         (tmp_path / "train" / name).mkdir(parents=True)
         Image.new("RGB", (8, 8)).save(tmp_path / "train" / name / "x.png")
-    with pytest.raises(ProfileError, match=r"a train/ folder is read as a class unless test/ "
-                       r"sits beside it"):
+    with pytest.raises(
+        ProfileError,
+        match=r"a train/ folder is read as a class unless test/ "
+        r"sits beside it",
+    ):
         input_shape(folder_source(tmp_path))
 
 
@@ -247,6 +264,9 @@ def test_a_folder_of_unreadable_files_is_refused(tmp_path: Path) -> None:
         (tmp_path / name).mkdir()
     Image.new("RGB", (8, 8)).save(tmp_path / "a" / "fine.png")
     (tmp_path / "b" / "bad.jpg").write_bytes(b"not a jpeg")
-    with pytest.raises(ProfileError, match=r"^fewer than two classes in '.*' have images that "
-                       r"can be read \(1 unreadable files, e\.g\. bad\.jpg\)$"):
+    with pytest.raises(
+        ProfileError,
+        match=r"^fewer than two classes in '.*' have images that "
+        r"can be read \(1 unreadable files, e\.g\. bad\.jpg\)$",
+    ):
         profile_dataset(folder_source(tmp_path))

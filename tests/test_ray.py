@@ -75,8 +75,9 @@ FAKE = textwrap.dedent(
 )
 
 
-def fake_script(tmp_path: Path, *, epochs: int = 3, sleep: float = 0.1, model: int = 100,
-                name: str = "train.py") -> Path:
+def fake_script(
+    tmp_path: Path, *, epochs: int = 3, sleep: float = 0.1, model: int = 100, name: str = "train.py"
+) -> Path:
     path = tmp_path / name
     path.write_text(FAKE.format(epochs=epochs, sleep=sleep, model=model), encoding="utf-8")
     return path
@@ -169,8 +170,9 @@ def test_refine_without_ray_says_how_to_install_it(tmp_path: Path) -> None:
         "import sys; sys.modules['ray'] = None; from improve_dsl.cli import main; "
         f"sys.exit(main(['refine', {str(spec)!r}, '--executor', 'ray', '--iters', '1']))"
     )
-    done = subprocess.run([sys.executable, "-c", hide_ray], cwd=REPO, capture_output=True,
-                          text=True, timeout=60)
+    done = subprocess.run(
+        [sys.executable, "-c", hide_ray], cwd=REPO, capture_output=True, text=True, timeout=60
+    )
     assert done.returncode == 2
     assert done.stderr.strip() == f"improve: error: {MISSING_RAY}"
     assert not (tmp_path / "digits.improve").exists()  # nothing was started
@@ -187,8 +189,9 @@ def test_unreachable_cluster_is_one_line_at_once(tmp_path: Path) -> None:
     started = time.monotonic()
     done = _improve("refine", str(spec), "--ray-address", f"127.0.0.1:{port}", timeout=60)
     assert done.returncode == 2
-    assert done.stderr.startswith(f"improve: error: cannot reach the Ray cluster at 127.0.0.1:"
-                                  f"{port}: ")
+    assert done.stderr.startswith(
+        f"improve: error: cannot reach the Ray cluster at 127.0.0.1:{port}: "
+    )
     assert len(done.stderr.strip().splitlines()) == 1
     assert time.monotonic() - started < 30  # not Ray's minutes of reconnecting
     assert not (tmp_path / "digits.improve").exists()
@@ -205,8 +208,11 @@ def test_jobs_run_as_tasks_and_results_land_in_out_dir(cluster: str, tmp_path: P
         assert isinstance(executor, RayExecutor)
         assert executor.threads == 1  # two CPUs shared by two slots
         handles = [
-            executor.submit(TrainJob(script, tmp_path / f"seed{seed}", seed=seed,
-                                     on_event=recorder(seed), tag=seed))
+            executor.submit(
+                TrainJob(
+                    script, tmp_path / f"seed{seed}", seed=seed, on_event=recorder(seed), tag=seed
+                )
+            )
             for seed in (0, 1)
         ]
         finished = {}
@@ -243,8 +249,10 @@ def test_slots_bound_the_tasks_on_the_cluster(cluster: str, tmp_path: Path) -> N
         return lambda event: times.setdefault(f"{name}:{event['event']}", time.monotonic()) > 0
 
     with make_executor("ray", parallel=1, threads=1) as executor:
-        handles = [executor.submit(TrainJob(script, tmp_path / n, on_event=recorder(n)))
-                   for n in ("first", "second")]
+        handles = [
+            executor.submit(TrainJob(script, tmp_path / n, on_event=recorder(n)))
+            for n in ("first", "second")
+        ]
         assert not handles[1].done()
         results = [executor.wait(h) for h in reversed(handles)]
     assert [r.status for r in results] == ["ok", "ok"]
@@ -254,8 +262,9 @@ def test_slots_bound_the_tasks_on_the_cluster(cluster: str, tmp_path: Path) -> N
 
 def test_pruning_stops_the_task(cluster: str, tmp_path: Path) -> None:
     script = fake_script(tmp_path, epochs=20, sleep=0.5)
-    job = TrainJob(script, tmp_path / "out",
-                   on_event=lambda e: e.get("event") != "epoch" or e["epoch"] < 2)
+    job = TrainJob(
+        script, tmp_path / "out", on_event=lambda e: e.get("event") != "epoch" or e["epoch"] < 2
+    )
     with make_executor("ray") as executor:
         result = executor.wait(executor.submit(job))
     assert result.status == "pruned"
@@ -272,8 +281,9 @@ def test_killed_training_process_is_a_failed_result(cluster: str, tmp_path: Path
     with make_executor("ray", parallel=2) as executor:
         doomed = executor.submit(TrainJob(slow, tmp_path / "doomed"))
         other = executor.submit(TrainJob(quick, tmp_path / "other"))
-        victim = wait_for(lambda: [p for p in training_processes()
-                                   if any("slow.py" in c for c in p.cmdline)])
+        victim = wait_for(
+            lambda: [p for p in training_processes() if any("slow.py" in c for c in p.cmdline)]
+        )
         victim[0].kill()
         results = {h.job.out_dir.name: r for h, r in executor.as_completed([doomed, other])}
     assert results["doomed"].status == "failed"
@@ -352,8 +362,7 @@ def test_driver_data_location_reaches_the_worker(
 def test_unreadable_script_is_a_failed_result(cluster: str, tmp_path: Path) -> None:
     with make_executor("ray") as executor:
         result = executor.wait(executor.submit(TrainJob(tmp_path / "gone.py", tmp_path / "o")))
-    assert result.status == "failed" and "cannot read the training script" in (result.reason
-                                                                                 or "")
+    assert result.status == "failed" and "cannot read the training script" in (result.reason or "")
 
 
 GPU_CLUSTER = """
@@ -374,8 +383,14 @@ def test_each_task_gets_one_gpu_of_its_own(cluster: str, tmp_path: Path) -> None
     # A cluster of its own that declares two (logical) GPUs: Ray hands one to each task.
     script = fake_script(tmp_path, epochs=2, sleep=0.5)
     env = dict(os.environ, RAY_AUTH_MODE="disabled")
-    done = subprocess.run([sys.executable, "-c", GPU_CLUSTER, str(script), str(tmp_path)],
-                          cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-c", GPU_CLUSTER, str(script), str(tmp_path)],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 0, done.stderr
     report = json.loads(done.stdout.strip().splitlines()[-1])
     assert (report["cpus"], report["gpus"]) == (1.0, 1.0)
@@ -394,8 +409,14 @@ def _json_lines(path: Path) -> list[dict[str, Any]]:
 
 def _improve(*args: str, timeout: float = 240) -> subprocess.CompletedProcess[str]:
     env = dict(os.environ, RAY_AUTH_MODE="disabled")
-    return subprocess.run([sys.executable, "-m", "improve_dsl.cli", *args], cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "improve_dsl.cli", *args],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 # ---------------------------------------------------------------- `improve refine` end to end
@@ -405,8 +426,21 @@ def refine_args(tmp_path: Path, cluster: str, *extra: str) -> list[str]:
     spec = tmp_path / "digits.imp"
     if not spec.exists():
         spec.write_text((REPO / "specs" / "digits.imp").read_text(), encoding="utf-8")
-    return ["refine", str(spec), "--executor", "ray", "--ray-address", cluster,
-            "--expert", "heuristic", "--no-test", "--threads", "1", "-q", *extra]
+    return [
+        "refine",
+        str(spec),
+        "--executor",
+        "ray",
+        "--ray-address",
+        cluster,
+        "--expert",
+        "heuristic",
+        "--no-test",
+        "--threads",
+        "1",
+        "-q",
+        *extra,
+    ]
 
 
 def journal(run_dir: Path) -> list[dict[str, Any]]:
@@ -416,8 +450,20 @@ def journal(run_dir: Path) -> list[dict[str, Any]]:
 @pytest.mark.slow
 def test_refine_on_ray_with_two_seeds_at_once(cluster: str, tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
-    done = _improve(*refine_args(tmp_path, cluster, "--iters", "2", "--seeds", "2",
-                                 "--parallel", "2", "--run-dir", str(run_dir)))
+    done = _improve(
+        *refine_args(
+            tmp_path,
+            cluster,
+            "--iters",
+            "2",
+            "--seeds",
+            "2",
+            "--parallel",
+            "2",
+            "--run-dir",
+            str(run_dir),
+        )
+    )
     assert done.returncode == 0, done.stderr
     records = journal(run_dir)
     assert [r["iteration"] for r in records] == [0, 1, 2]
@@ -438,9 +484,18 @@ def test_refine_records_a_killed_run_as_failed_and_goes_on(cluster: str, tmp_pat
     run_dir = tmp_path / "run"
     env = dict(os.environ, RAY_AUTH_MODE="disabled")
     process = subprocess.Popen(
-        [sys.executable, "-m", "improve_dsl.cli",
-         *refine_args(tmp_path, cluster, "--iters", "2", "--run-dir", str(run_dir))],
-        cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        [
+            sys.executable,
+            "-m",
+            "improve_dsl.cli",
+            *refine_args(tmp_path, cluster, "--iters", "2", "--run-dir", str(run_dir)),
+        ],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         # The baseline's run comes first; kill the next one (iteration 1) while it trains.
         baseline = wait_for(training_processes, 120)[0].pid
@@ -463,13 +518,21 @@ def test_ctrl_c_cancels_tasks_and_resume_finishes_on_ray(cluster: str, tmp_path:
     run_dir = tmp_path / "run"
     env = dict(os.environ, RAY_AUTH_MODE="disabled")
     process = subprocess.Popen(
-        [sys.executable, "-m", "improve_dsl.cli",
-         *refine_args(tmp_path, cluster, "--iters", "2", "--run-dir", str(run_dir))],
-        cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        [
+            sys.executable,
+            "-m",
+            "improve_dsl.cli",
+            *refine_args(tmp_path, cluster, "--iters", "2", "--run-dir", str(run_dir)),
+        ],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         # Interrupt while the last iteration trains (0 and 1 are in the journal).
-        wait_for(lambda: (run_dir / "journal.jsonl").exists() and len(journal(run_dir)) >= 2,
-                 120)
+        wait_for(lambda: (run_dir / "journal.jsonl").exists() and len(journal(run_dir)) >= 2, 120)
         wait_for(training_processes, 60)
         process.send_signal(signal.SIGINT)
         _, stderr = process.communicate(timeout=60)

@@ -38,7 +38,11 @@ def improve(
 ) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "improve_dsl.cli", *args],
-        cwd=cwd, env=_env(**env), capture_output=True, text=True, timeout=timeout,
+        cwd=cwd,
+        env=_env(**env),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
     )
 
 
@@ -49,8 +53,9 @@ def write_spec(folder: Path, text: str, name: str = "weak.imp") -> Path:
 
 
 def run_dir_of(spec: Path) -> RunDir:
-    (path,) = [p for p in (spec.parent / f"{spec.stem}.improve").iterdir()
-               if (p / "state.json").exists()]
+    (path,) = [
+        p for p in (spec.parent / f"{spec.stem}.improve").iterdir() if (p / "state.json").exists()
+    ]
     return RunDir(path)
 
 
@@ -119,8 +124,11 @@ def test_invalid_rejected_cached_pruned_and_accepted_attempts(tmp_path: Path) ->
         {"block": "train", "text": worse, "rationale": "fewer epochs"},
         {"block": "train", "text": worse, "rationale": "the same again"},
         {"block": "train", "text": crawl, "rationale": "a learning rate that cannot learn"},
-        {"block": "model", "text": "model {\n  arch = cnn(channels = [32, 64])\n}\n",
-         "rationale": "convolutions"},
+        {
+            "block": "model",
+            "text": "model {\n  arch = cnn(channels = [32, 64])\n}\n",
+            "rationale": "convolutions",
+        },
     ]
     replay = tmp_path / "replay.jsonl"
     replay.write_text("".join(json.dumps(p) + "\n" for p in proposals))
@@ -154,13 +162,15 @@ def test_invalid_rejected_cached_pruned_and_accepted_attempts(tmp_path: Path) ->
 
 def test_a_failing_run_is_recorded_and_the_loop_goes_on(tmp_path: Path) -> None:
     spec = write_spec(tmp_path, WEAK)
-    done = improve("refine", str(spec), "--iters", "2", "--timeout", "1", "--no-test",
-                   cwd=tmp_path)
+    done = improve("refine", str(spec), "--iters", "2", "--timeout", "1", "--no-test", cwd=tmp_path)
     assert done.returncode == 1, done.stderr
     assert "no candidate finished" in done.stderr and "Traceback" not in done.stderr
     records = run_dir_of(spec).records()
-    assert [(r.iteration, r.status) for r in records] == [(0, "failed"), (1, "failed"),
-                                                          (2, "failed")]
+    assert [(r.iteration, r.status) for r in records] == [
+        (0, "failed"),
+        (1, "failed"),
+        (2, "failed"),
+    ]
     assert all("time limit" in r.extras["reason"] for r in records)
     assert spec.read_text() == WEAK
 
@@ -184,8 +194,9 @@ def test_seeds_run_in_parallel_and_are_all_recorded(tmp_path: Path) -> None:
 
 def test_zero_shot_is_one_all_blocks_proposal(tmp_path: Path) -> None:
     spec = write_spec(tmp_path, WEAK)
-    result = refine(spec, RefineOptions(iters=5, zero_shot=True, expert="heuristic",
-                                        test=False), NullReporter())
+    result = refine(
+        spec, RefineOptions(iters=5, zero_shot=True, expert="heuristic", test=False), NullReporter()
+    )
     assert [(r.iteration, r.block) for r in result.records] == [(0, "baseline"), (1, "all")]
     changed = diff.changed_blocks(WEAK, (result.run_dir / "candidates/1/spec.imp").read_text())
     assert len(changed) >= 2
@@ -194,8 +205,9 @@ def test_zero_shot_is_one_all_blocks_proposal(tmp_path: Path) -> None:
 @pytest.mark.parametrize("limit", [{"max_cost": 0.0}, {"budget_minutes": 1e-4}])
 def test_cost_and_time_limits_stop_cleanly(tmp_path: Path, limit: dict[str, float]) -> None:
     spec = write_spec(tmp_path, WEAK)
-    result = refine(spec, RefineOptions(iters=3, expert="heuristic", test=False, **limit),
-                    NullReporter())
+    result = refine(
+        spec, RefineOptions(iters=3, expert="heuristic", test=False, **limit), NullReporter()
+    )
     assert [r.iteration for r in result.records] == [0]
     assert "cost limit" in result.stopped or "time budget" in result.stopped
 
@@ -226,8 +238,9 @@ def test_a_spec_the_user_edits_mid_run_is_left_alone(tmp_path: Path) -> None:
 
 
 def _git(*args: str, cwd: Path) -> str:
-    return subprocess.run(["git", *args], cwd=cwd, check=True, capture_output=True,
-                          text=True).stdout
+    return subprocess.run(
+        ["git", *args], cwd=cwd, check=True, capture_output=True, text=True
+    ).stdout
 
 
 def test_git_commits_each_accepted_change_and_only_the_spec(tmp_path: Path) -> None:
@@ -248,7 +261,8 @@ def test_git_commits_each_accepted_change_and_only_the_spec(tmp_path: Path) -> N
     assert accepted >= 1 and len(commits) == 1 + accepted
     for commit in commits[:-1]:
         assert _git("show", "--name-only", "--format=", commit, cwd=tmp_path).split() == [
-            "weak.imp"]
+            "weak.imp"
+        ]
         message = _git("log", "-1", "--format=%B", commit, cwd=tmp_path)
         assert message.startswith("improve: ") and "val_accuracy" in message and "→" in message
     assert _git("diff", "--cached", "--name-only", cwd=tmp_path).split() == ["notes.txt"]
@@ -257,8 +271,9 @@ def test_git_commits_each_accepted_change_and_only_the_spec(tmp_path: Path) -> N
 
 def test_git_outside_a_repository_is_a_clear_error(tmp_path: Path) -> None:
     spec = write_spec(tmp_path, WEAK)
-    done = improve("refine", str(spec), "--git", cwd=tmp_path,
-                   GIT_CEILING_DIRECTORIES=str(tmp_path.parent))
+    done = improve(
+        "refine", str(spec), "--git", cwd=tmp_path, GIT_CEILING_DIRECTORIES=str(tmp_path.parent)
+    )
     assert done.returncode == 2
     assert "not inside a git repository" in done.stderr and "Traceback" not in done.stderr
     assert not (tmp_path / "weak.improve").exists()
@@ -267,8 +282,25 @@ def test_git_outside_a_repository_is_a_clear_error(tmp_path: Path) -> None:
 def test_refine_help_names_every_flag() -> None:
     done = improve("refine", "--help", cwd=ROOT)
     assert done.returncode == 0
-    for flag in ("--iters", "--expert", "--base-url", "--select", "--strategy", "--zero-shot",
-                 "--seeds", "--min-delta", "--parallel", "--timeout", "--budget-minutes",
-                 "--max-cost", "--run-dir", "--resume", "--git", "--no-prune", "--device",
-                 "--no-test", "replay:FILE"):
+    for flag in (
+        "--iters",
+        "--expert",
+        "--base-url",
+        "--select",
+        "--strategy",
+        "--zero-shot",
+        "--seeds",
+        "--min-delta",
+        "--parallel",
+        "--timeout",
+        "--budget-minutes",
+        "--max-cost",
+        "--run-dir",
+        "--resume",
+        "--git",
+        "--no-prune",
+        "--device",
+        "--no-test",
+        "replay:FILE",
+    ):
         assert flag in done.stdout, flag

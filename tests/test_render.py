@@ -65,9 +65,20 @@ def test_goldens_are_mypy_clean() -> None:
     assert goldens
     # Tensor.backward() is unannotated in torch, hence --allow-untyped-calls.
     proc = subprocess.run(
-        [PYTHON, "-m", "mypy", "--strict", "--allow-untyped-calls", "--ignore-missing-imports",
-         "--no-error-summary", *map(str, goldens)],
-        cwd=ROOT, capture_output=True, text=True, timeout=300,
+        [
+            PYTHON,
+            "-m",
+            "mypy",
+            "--strict",
+            "--allow-untyped-calls",
+            "--ignore-missing-imports",
+            "--no-error-summary",
+            *map(str, goldens),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
@@ -77,8 +88,11 @@ def _imports(tree: ast.Module) -> tuple[set[str], set[str]]:
     top, nested = set(), set()
     for node in ast.walk(tree):
         if isinstance(node, (ast.Import, ast.ImportFrom)):
-            names = [a.name for a in node.names] if isinstance(node, ast.Import) else [
-                node.module or ""]
+            names = (
+                [a.name for a in node.names]
+                if isinstance(node, ast.Import)
+                else [node.module or ""]
+            )
             (top if node in tree.body else nested).update(n.split(".")[0] for n in names)
     return top, nested
 
@@ -116,8 +130,10 @@ def test_script_names_its_spec_and_hyperparameters() -> None:
     constants = {
         node.targets[0].id: ast.literal_eval(node.value)
         for node in ast.parse(script).body
-        if isinstance(node, ast.Assign) and isinstance(node.targets[0], ast.Name)
-        and node.targets[0].id.isupper() and isinstance(node.value, ast.Constant)
+        if isinstance(node, ast.Assign)
+        and isinstance(node.targets[0], ast.Name)
+        and node.targets[0].id.isupper()
+        and isinstance(node.value, ast.Constant)
     }
     assert constants["LR"] == 0.1 and constants["NESTEROV"] is True
     assert constants["WARMUP"] == 0.2 and constants["LABEL_SMOOTHING"] == 0.1
@@ -125,15 +141,29 @@ def test_script_names_its_spec_and_hyperparameters() -> None:
     assert constants["SPEC_SHA256"] == parsed.sha256
     banners = [line for line in script.splitlines() if line.startswith("# ------")]
     assert [b.rsplit(" ", 1)[-1] for b in banners] == [
-        "hyperparameters", "pipeline", "data", "augment", "model", "train", "eval", "main"]
+        "hyperparameters",
+        "pipeline",
+        "data",
+        "augment",
+        "model",
+        "train",
+        "eval",
+        "main",
+    ]
 
 
 def test_augment_ops_render_in_order_with_their_parameters() -> None:
-    text = (ROOT / "specs" / "digits.imp").read_text().replace(
-        "ops = []", "ops = [rotation(degrees = 7.5), random_crop(padding = 3), mixup()]")
+    text = (
+        (ROOT / "specs" / "digits.imp")
+        .read_text()
+        .replace("ops = []", "ops = [rotation(degrees = 7.5), random_crop(padding = 3), mixup()]")
+    )
     script = render_script(load_text(text, "specs/digits.imp"))
-    body = script[script.index("def augment_batch") : script.index("# ------", script.index(
-        "def augment_batch"))]
+    body = script[
+        script.index("def augment_batch") : script.index(
+            "# ------", script.index("def augment_batch")
+        )
+    ]
     calls = [
         line.strip() for line in body.splitlines() if line.startswith(("    images", "    targets"))
     ]
@@ -160,15 +190,18 @@ HOSTILE_ROOTS = [
     "C:\\new\\table\\",
     "line one\nline two\r\n\tindented",
     "{{ spec }} {% include 'train.py.jinja' %} {# x #}",
-    '""" triple """ \'\'\' triple \'\'\'',
+    "\"\"\" triple \"\"\" ''' triple '''",
     "\\",
     "nul\0byte, line\u2028separator, été",
 ]
 
 
 def folder_spec(root: str) -> str:
-    return (ROOT / "specs" / "image_folder.imp").read_text().replace(
-        '"data/my_images"', imp_string(root))
+    return (
+        (ROOT / "specs" / "image_folder.imp")
+        .read_text()
+        .replace('"data/my_images"', imp_string(root))
+    )
 
 
 def _shape(script: str, root: str) -> str:
@@ -207,8 +240,23 @@ def test_hostile_spec_path_stays_inside_the_docstring() -> None:
 
 
 @pytest.mark.parametrize(
-    "value", [0, -7, 2**40, 0.1, 1e-300, -2.5, True, False, None, "", "a'b\"c\\\n", (1, 2),
-              (3,), ((1, "x"), None)]
+    "value",
+    [
+        0,
+        -7,
+        2**40,
+        0.1,
+        1e-300,
+        -2.5,
+        True,
+        False,
+        None,
+        "",
+        "a'b\"c\\\n",
+        (1, 2),
+        (3,),
+        ((1, "x"), None),
+    ],
 )
 def test_literal_round_trips(value: object) -> None:
     assert ast.literal_eval(literal(value)) == value
@@ -220,8 +268,7 @@ class Sneaky(str):
 
 
 @pytest.mark.parametrize(
-    "value", [[1], {"a": 1}, {1}, float("nan"), float("inf"), object(), Sneaky("x"), b"x",
-              (1, [2])]
+    "value", [[1], {"a": 1}, {1}, float("nan"), float("inf"), object(), Sneaky("x"), b"x", (1, [2])]
 )
 def test_literal_refuses_what_is_not_a_plain_literal(value: object) -> None:
     with pytest.raises(RenderError):
@@ -250,8 +297,16 @@ def test_environment_is_strict() -> None:
 
 def test_every_registry_component_has_its_fragment() -> None:
     templates = ROOT / "templates"
-    for category in ("source", "validation", "augment", "optimizer", "schedule", "loss", "ema",
-                     "tta"):
+    for category in (
+        "source",
+        "validation",
+        "augment",
+        "optimizer",
+        "schedule",
+        "loss",
+        "ema",
+        "tta",
+    ):
         for comp in registry.components(category):
             assert (templates / comp.template).is_file(), comp.template
 
@@ -283,19 +338,30 @@ def test_compile_verb_writes_the_script(tmp_path: Path, capsys: pytest.CaptureFi
     out = tmp_path / "sub" / "train.py"
     assert cli.main(["compile", str(ROOT / "specs" / "digits.imp"), "-o", str(out)]) == 0
     assert out.read_text() == golden_path(ROOT / "specs" / "digits.imp").read_text().replace(
-        "specs/digits.imp", str(ROOT / "specs" / "digits.imp"))
+        "specs/digits.imp", str(ROOT / "specs" / "digits.imp")
+    )
     assert f"wrote {out}" in capsys.readouterr().err
 
 
 def test_compile_verb_prints_to_stdout_and_fails_on_a_bad_spec(tmp_path: Path) -> None:
-    proc = subprocess.run([PYTHON, "-m", "improve_dsl.cli", "compile", "specs/digits.imp"],
-                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [PYTHON, "-m", "improve_dsl.cli", "compile", "specs/digits.imp"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout == golden_path(ROOT / "specs" / "digits.imp").read_text()
     bad = tmp_path / "bad.imp"
     bad.write_text("pipeline p {\n  seed = 0\n}\ndata {\n  source = digitz()\n}\n")
-    proc = subprocess.run([PYTHON, "-m", "improve_dsl.cli", "compile", str(bad)],
-                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [PYTHON, "-m", "improve_dsl.cli", "compile", str(bad)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 2
     assert proc.stdout == ""
     assert "unknown data source 'digitz'" in proc.stderr and "did you mean 'digits'" in proc.stderr

@@ -24,7 +24,11 @@ def _env() -> dict[str, str]:
 def _start(*args: str, cwd: Path) -> subprocess.Popen[str]:
     return subprocess.Popen(
         [sys.executable, "-m", "improve_dsl.cli", "refine", *args],
-        cwd=cwd, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        cwd=cwd,
+        env=_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
 
 
@@ -38,8 +42,9 @@ def _run_dir(spec: Path, deadline: float) -> RunDir:
         time.sleep(0.1)
 
 
-def _wait_for_records(run: RunDir, count: int, process: subprocess.Popen[str],
-                      deadline: float) -> None:
+def _wait_for_records(
+    run: RunDir, count: int, process: subprocess.Popen[str], deadline: float
+) -> None:
     while len(read_journal(run.journal_path)) < count:
         assert process.poll() is None, process.communicate()
         assert time.monotonic() < deadline, "the run recorded too few attempts in time"
@@ -68,7 +73,11 @@ def _alive(pid: int) -> bool:
 def _resume(run: RunDir, *extra: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "improve_dsl.cli", "refine", "--resume", str(run.path), *extra],
-        cwd=cwd, env=_env(), capture_output=True, text=True, timeout=900,
+        cwd=cwd,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=900,
     )
 
 
@@ -131,7 +140,11 @@ def test_ctrl_c_saves_the_state_and_says_how_to_resume(tmp_path: Path) -> None:
 def test_resume_of_a_folder_that_is_not_a_run_is_a_clear_error(tmp_path: Path) -> None:
     done = subprocess.run(
         [sys.executable, "-m", "improve_dsl.cli", "refine", "--resume", str(tmp_path)],
-        cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=60,
+        cwd=tmp_path,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert done.returncode == 2
     assert "not a run directory" in done.stderr and "Traceback" not in done.stderr

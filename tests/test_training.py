@@ -129,11 +129,16 @@ def run(tmp_path: Path, capsys: pytest.CaptureFixture[str], *args: str, **overri
     return Run(script_module(tmp_path, **overrides), capsys, *args)
 
 
-def run_program(script: Path, *args: str, env: dict[str, str] | None = None
-                ) -> subprocess.CompletedProcess[str]:
+def run_program(
+    script: Path, *args: str, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [PYTHON, str(script), "--threads", "1", *args], capture_output=True, text=True,
-        timeout=300, env={**os.environ, **(env or {})}, cwd=script.parent,
+        [PYTHON, str(script), "--threads", "1", *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, **(env or {})},
+        cwd=script.parent,
     )
 
 
@@ -143,8 +148,13 @@ def run_program(script: Path, *args: str, env: dict[str, str] | None = None
 def test_digits_script_runs_as_a_program(tmp_path: Path) -> None:
     spec = ROOT / "specs" / "digits.imp"
     script = tmp_path / "train.py"
-    proc = subprocess.run([PYTHON, "-m", "improve_dsl.cli", "compile", str(spec), "-o",
-                           str(script)], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [PYTHON, "-m", "improve_dsl.cli", "compile", str(spec), "-o", str(script)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stderr
     out = tmp_path / "run"
     proc = run_program(script, "--out", str(out), "--epochs", "2")
@@ -224,7 +234,9 @@ def test_data_missing_is_exit_1_with_a_message(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("source", ["mnist", "cifar10", "cifar100", "svhn"])
 def test_torchvision_sources_fail_clearly_offline(
-    source: str, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+    source: str,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setenv("IMPROVE_DATA", str(tmp_path / "data"))
@@ -236,8 +248,7 @@ def test_torchvision_sources_fail_clearly_offline(
 
 
 def write_idx(path: Path, array: np.ndarray) -> None:
-    header = bytes([0, 0, 8, array.ndim]) + b"".join(
-        int(d).to_bytes(4, "big") for d in array.shape)
+    header = bytes([0, 0, 8, array.ndim]) + b"".join(int(d).to_bytes(4, "big") for d in array.shape)
     path.write_bytes(gzip.compress(header + array.astype(np.uint8).tobytes()))
 
 
@@ -264,14 +275,22 @@ def test_fashion_mnist_reads_idx_files_from_root(
     assert result.result["test_accuracy"] > 0.5
 
 
-@pytest.mark.skipif(not FASHION_MNIST.is_dir(),
-                    reason="needs Fashion-MNIST in /usr/share/datasets/fashion-mnist "
-                    "(apt-get install dataset-fashion-mnist)")
+@pytest.mark.skipif(
+    not FASHION_MNIST.is_dir(),
+    reason="needs Fashion-MNIST in /usr/share/datasets/fashion-mnist "
+    "(apt-get install dataset-fashion-mnist)",
+)
 def test_fashion_mnist_subset_from_the_system_dataset(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    result = run(tmp_path, capsys, "--out", str(tmp_path / "out"),
-                 source="fashion_mnist(subset = 500)", epochs="1")
+    result = run(
+        tmp_path,
+        capsys,
+        "--out",
+        str(tmp_path / "out"),
+        source="fashion_mnist(subset = 500)",
+        epochs="1",
+    )
     assert result.ok, result.result
     assert result.events[0]["train_size"] == 500
     assert result.events[0]["eval_size"] == 12000  # the held-out 20% stays whole
@@ -324,8 +343,10 @@ def test_image_folder_trains_on_mixed_images(tmp_path: Path) -> None:
     folder = tmp_path / "pictures"
     make_image_folder(folder, per_class=15)
     source = f'image_folder(root = "{folder}", image_size = 16)'
-    script = write_script(tmp_path, spec_text(source=source, batch_size="8", epochs="4",
-                                              arch="cnn(channels = [8, 16])"))
+    script = write_script(
+        tmp_path,
+        spec_text(source=source, batch_size="8", epochs="4", arch="cnn(channels = [8, 16])"),
+    )
     proc = run_program(script, "--out", str(tmp_path / "out"))
     assert proc.returncode == 0, proc.stderr
     assert "skipping" in proc.stderr and "broken.png" in proc.stderr
@@ -365,8 +386,7 @@ def test_image_folder_missing(tmp_path: Path, capsys: pytest.CaptureFixture[str]
 AUGMENT_OPS = [c.name for c in registry.components("augment")]
 MIXING = {"mixup", "cutmix"}
 # Parameters that make an op act on every image, so its effect is certain.
-CERTAIN = {"horizontal_flip": {"p": 1.0}, "vertical_flip": {"p": 1.0},
-           "random_erasing": {"p": 1.0}}
+CERTAIN = {"horizontal_flip": {"p": 1.0}, "vertical_flip": {"p": 1.0}, "random_erasing": {"p": 1.0}}
 
 
 @pytest.fixture(scope="module")
@@ -439,11 +459,13 @@ def test_training_with_every_augment_op_and_tta(
 SCHEDULES = {
     "constant()": lambda lrs, base: all(lr == pytest.approx(base) for lr in lrs),
     "one_cycle(warmup = 0.3)": lambda lrs, base: lrs[0] > 0.5 * base and lrs[-1] < 1e-4 * base,
-    "cosine(warmup = 0.1, min_lr_ratio = 0.1)":
-        lambda lrs, base: lrs[0] > lrs[1] and lrs[-1] == pytest.approx(0.1 * base),
+    "cosine(warmup = 0.1, min_lr_ratio = 0.1)": lambda lrs, base: (
+        lrs[0] > lrs[1] and lrs[-1] == pytest.approx(0.1 * base)
+    ),
     "linear(warmup = 0.1)": lambda lrs, base: lrs[0] > lrs[1] > lrs[2] == 0,
-    "step(every = 1, gamma = 0.5)":
-        lambda lrs, base: lrs == pytest.approx([base / 2, base / 4, base / 8]),
+    "step(every = 1, gamma = 0.5)": lambda lrs, base: (
+        lrs == pytest.approx([base / 2, base / 4, base / 8])
+    ),
 }
 OPTIMIZERS = [
     ("sgd(lr = 0.1, momentum = 0.9, nesterov = true, weight_decay = 0.0005)", 0.1),
@@ -454,12 +476,18 @@ OPTIMIZERS = [
 ]
 
 
-@pytest.mark.parametrize(("optimizer", "schedule"),
-                         list(zip(OPTIMIZERS, SCHEDULES, strict=True)),
-                         ids=[f"{o[0].split('(')[0]}-{s.split('(')[0]}"
-                              for o, s in zip(OPTIMIZERS, SCHEDULES, strict=True)])
+@pytest.mark.parametrize(
+    ("optimizer", "schedule"),
+    list(zip(OPTIMIZERS, SCHEDULES, strict=True)),
+    ids=[
+        f"{o[0].split('(')[0]}-{s.split('(')[0]}"
+        for o, s in zip(OPTIMIZERS, SCHEDULES, strict=True)
+    ],
+)
 def test_optimizers_and_schedules_train(
-    optimizer: tuple[str, float], schedule: str, tmp_path: Path,
+    optimizer: tuple[str, float],
+    schedule: str,
+    tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     text, base_lr = optimizer
@@ -492,8 +520,7 @@ def test_ema_averages_the_weights_and_trains(
         for p in model.parameters():
             p.add_(1.0)
     ema.update(model)
-    for old, new, average in zip(before, model.parameters(), ema.module.parameters(),
-                                 strict=True):
+    for old, new, average in zip(before, model.parameters(), ema.module.parameters(), strict=True):
         assert torch.all(average > old) and torch.all(average < new)
     result = Run(module, capsys)
     assert result.ok and result.result["val_accuracy"] > 0.8

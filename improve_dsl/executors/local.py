@@ -71,8 +71,8 @@ class LocalExecutor(Executor):
         self.slots = slots
         self.gpus = list(visible_gpus(device) if gpus is None else gpus)
         cores = os.cpu_count() or 1
-        self.threads = threads if threads is not None else (
-            max(1, cores // slots) if slots > 1 else None
+        self.threads = (
+            threads if threads is not None else (max(1, cores // slots) if slots > 1 else None)
         )
         self._pool = cf.ThreadPoolExecutor(max_workers=slots, thread_name_prefix="improve-job")
         self._slots: queue.Queue[int] = queue.Queue()
@@ -174,8 +174,9 @@ def _result(future: cf.Future[RunResult]) -> RunResult:
 
 
 def _interrupted(job: TrainJob) -> RunResult:
-    return RunResult("interrupted", None, f"{job.split}_accuracy", [], "cancelled", 0.0,
-                     job.out_dir / "log")
+    return RunResult(
+        "interrupted", None, f"{job.split}_accuracy", [], "cancelled", 0.0, job.out_dir / "log"
+    )
 
 
 def _kill_job_processes(job: TrainJob) -> None:

@@ -43,8 +43,15 @@ DEFAULT_MODEL_LIMIT = 64 * 2**20
 # How often the driver looks for finished tasks and new events (seconds).
 _POLL = 0.2
 # Ray errors that mean the worker (or its node) went away rather than the task failing.
-_LOST = ("WorkerCrashedError", "NodeDiedError", "ObjectLostError", "OwnerDiedError",
-         "LocalRayletDiedError", "ActorDiedError", "ObjectReconstructionFailedError")
+_LOST = (
+    "WorkerCrashedError",
+    "NodeDiedError",
+    "ObjectLostError",
+    "OwnerDiedError",
+    "LocalRayletDiedError",
+    "ActorDiedError",
+    "ObjectReconstructionFailedError",
+)
 
 
 class RayUnavailable(RuntimeError):
@@ -357,7 +364,6 @@ class RayExecutor(Executor):
         if not self._running and self._queued:
             raise AssertionError("queued jobs but none could start")  # _launch always starts one
 
-
     def _pump_events(self) -> None:
         """Hand the events that arrived to their jobs' callbacks; stop jobs that say so."""
         ray = import_ray()
@@ -461,5 +467,11 @@ def _first_line(text: str) -> str:
     return lines[0] if lines else "no details"
 
 
-__all__ = ["MISSING_RAY", "RayExecutor", "RayHandle", "RayUnavailable", "import_ray",
-           "probe_address"]
+__all__ = [
+    "MISSING_RAY",
+    "RayExecutor",
+    "RayHandle",
+    "RayUnavailable",
+    "import_ray",
+    "probe_address",
+]

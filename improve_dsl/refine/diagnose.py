@@ -68,8 +68,7 @@ def diagnose(
     elif len(metric) >= 4:
         steps = [b - a for a, b in itertools.pairwise(metric)]
         swings = sum(
-            1 for a, b in itertools.pairwise(steps)
-            if a * b < 0 and min(abs(a), abs(b)) > 0.03
+            1 for a, b in itertools.pairwise(steps) if a * b < 0 and min(abs(a), abs(b)) > 0.03
         )
         if swings >= 2:
             found["unstable"] = f"the validation score oscillates ({swings} large swings)"
@@ -97,8 +96,7 @@ def diagnose(
         steep = last_gain > 0.01 and last_gain > 0.1 * max(first_gain, 1e-9)
         if steep:
             found["slow"] = (
-                f"still improving steeply at the last epoch (+{last_gain:.3f} "
-                f"{metric_key})"
+                f"still improving steeply at the last epoch (+{last_gain:.3f} {metric_key})"
             )
     elif len(train) == 1:
         found["slow"] = "a single epoch is too short to converge"

@@ -156,94 +156,147 @@ def _train_moves(spec: Spec, info: DataInfo) -> list[Move]:
     lr = opt.number("lr")
     moves: list[Move] = []
     if opt.name == "sgd" and opt.number("momentum") < 0.5:
-        moves.append(Move(
-            "train.momentum", "train",
-            {"optimizer": op_text(opt, momentum=0.9, nesterov=True)},
-            "plain SGD crawls; Nesterov momentum 0.9 speeds convergence about tenfold at the "
-            "same learning rate",
-            {"slow": 10, "underfitting": 9, "plateau": 6, "unknown": 6},
-        ))
+        moves.append(
+            Move(
+                "train.momentum",
+                "train",
+                {"optimizer": op_text(opt, momentum=0.9, nesterov=True)},
+                "plain SGD crawls; Nesterov momentum 0.9 speeds convergence about tenfold at the "
+                "same learning rate",
+                {"slow": 10, "underfitting": 9, "plateau": 6, "unknown": 6},
+            )
+        )
     if t.epochs < 200:
         epochs = min(t.epochs * 2, t.epochs + 30, 200)
-        moves.append(Move(
-            "train.epochs_up", "train", {"epochs": str(epochs)},
-            f"the model is still learning when training stops; train {epochs} epochs instead "
-            f"of {t.epochs}",
-            {"slow": 9, "underfitting": 7, "plateau": 3, "unknown": 3}, max_uses=2,
-            cost=epochs / t.epochs,
-        ))
+        moves.append(
+            Move(
+                "train.epochs_up",
+                "train",
+                {"epochs": str(epochs)},
+                f"the model is still learning when training stops; train {epochs} epochs instead "
+                f"of {t.epochs}",
+                {"slow": 9, "underfitting": 7, "plateau": 3, "unknown": 3},
+                max_uses=2,
+                cost=epochs / t.epochs,
+            )
+        )
     top = {"sgd": 1.0, "adamw": 0.01, "adam": 0.01, "rmsprop": 0.01}.get(opt.name, 0.01)
     if opt.name == "sgd" and opt.number("momentum") < 0.5:
         top = 3.0
     if lr * 3 <= top:
-        moves.append(Move(
-            "train.lr_up", "train", {"optimizer": op_text(opt, lr=_round(lr * 3))},
-            f"the loss falls slowly: raise the learning rate 3x ({lr:g} → {_round(lr * 3):g})",
-            {"slow": 8, "underfitting": 6, "plateau": 1}, max_uses=2,
-        ))
+        moves.append(
+            Move(
+                "train.lr_up",
+                "train",
+                {"optimizer": op_text(opt, lr=_round(lr * 3))},
+                f"the loss falls slowly: raise the learning rate 3x ({lr:g} → {_round(lr * 3):g})",
+                {"slow": 8, "underfitting": 6, "plateau": 1},
+                max_uses=2,
+            )
+        )
     if t.schedule.name in ("constant", "step"):
-        moves.append(Move(
-            "train.one_cycle", "train", {"schedule": call("one_cycle", {"warmup": 0.25})},
-            "a constant learning rate never anneals; a one-cycle schedule (warm-up, then "
-            "annealing) settles into a better minimum",
-            {"plateau": 8, "unstable": 5, "slow": 4, "underfitting": 4, "overfitting": 3,
-             "unknown": 4},
-        ))
-        moves.append(Move(
-            "train.cosine", "train", {"schedule": call("cosine", {"warmup": 0.1})},
-            "anneal the learning rate with a short warm-up and cosine decay",
-            {"plateau": 6, "unstable": 3, "slow": 2, "underfitting": 2, "overfitting": 2},
-        ))
+        moves.append(
+            Move(
+                "train.one_cycle",
+                "train",
+                {"schedule": call("one_cycle", {"warmup": 0.25})},
+                "a constant learning rate never anneals; a one-cycle schedule (warm-up, then "
+                "annealing) settles into a better minimum",
+                {
+                    "plateau": 8,
+                    "unstable": 5,
+                    "slow": 4,
+                    "underfitting": 4,
+                    "overfitting": 3,
+                    "unknown": 4,
+                },
+            )
+        )
+        moves.append(
+            Move(
+                "train.cosine",
+                "train",
+                {"schedule": call("cosine", {"warmup": 0.1})},
+                "anneal the learning rate with a short warm-up and cosine decay",
+                {"plateau": 6, "unstable": 3, "slow": 2, "underfitting": 2, "overfitting": 2},
+            )
+        )
     if opt.name in ("sgd", "rmsprop") or (opt.name == "adam" and opt.number("weight_decay") == 0):
-        moves.append(Move(
-            "train.adamw", "train",
-            {"optimizer": call("adamw", {"lr": 0.002, "weight_decay": 0.05})},
-            "switch to AdamW, which adapts per-parameter step sizes and needs little tuning",
-            {"underfitting": 7, "slow": 6, "unstable": 4, "unknown": 3},
-        ))
+        moves.append(
+            Move(
+                "train.adamw",
+                "train",
+                {"optimizer": call("adamw", {"lr": 0.002, "weight_decay": 0.05})},
+                "switch to AdamW, which adapts per-parameter step sizes and needs little tuning",
+                {"underfitting": 7, "slow": 6, "unstable": 4, "unknown": 3},
+            )
+        )
     low = {"sgd": 1e-4, "adamw": 1e-5}.get(opt.name, 1e-5)
     if lr / 3 >= low:
-        moves.append(Move(
-            "train.lr_down", "train", {"optimizer": op_text(opt, lr=_round(lr / 3))},
-            f"the training is unstable: lower the learning rate 3x ({lr:g} → "
-            f"{_round(lr / 3):g})",
-            {"unstable": 10, "overfitting": 1},
-        ))
+        moves.append(
+            Move(
+                "train.lr_down",
+                "train",
+                {"optimizer": op_text(opt, lr=_round(lr / 3))},
+                f"the training is unstable: lower the learning rate 3x ({lr:g} → "
+                f"{_round(lr / 3):g})",
+                {"unstable": 10, "overfitting": 1},
+            )
+        )
     if t.clip_grad_norm is None:
-        moves.append(Move(
-            "train.clip", "train", {"clip_grad_norm": "1.0"},
-            "clip the gradient norm to 1 so single bad batches cannot blow the weights up",
-            {"unstable": 8},
-        ))
+        moves.append(
+            Move(
+                "train.clip",
+                "train",
+                {"clip_grad_norm": "1.0"},
+                "clip the gradient norm to 1 so single bad batches cannot blow the weights up",
+                {"unstable": 8},
+            )
+        )
     if t.loss.number("label_smoothing") == 0.0:
-        moves.append(Move(
-            "train.label_smoothing", "train",
-            {"loss": op_text(t.loss, label_smoothing=0.1)},
-            "label smoothing 0.1 keeps the network from becoming over-confident",
-            {"overfitting": 6, "plateau": 5},
-        ))
+        moves.append(
+            Move(
+                "train.label_smoothing",
+                "train",
+                {"loss": op_text(t.loss, label_smoothing=0.1)},
+                "label smoothing 0.1 keeps the network from becoming over-confident",
+                {"overfitting": 6, "plateau": 5},
+            )
+        )
     if opt.name == "sgd" and opt.number("weight_decay") < 5e-4:
-        moves.append(Move(
-            "train.weight_decay", "train", {"optimizer": op_text(opt, weight_decay=5e-4)},
-            "add weight decay 5e-4, the usual L2 penalty for SGD on small images",
-            {"overfitting": 7, "plateau": 4},
-        ))
+        moves.append(
+            Move(
+                "train.weight_decay",
+                "train",
+                {"optimizer": op_text(opt, weight_decay=5e-4)},
+                "add weight decay 5e-4, the usual L2 penalty for SGD on small images",
+                {"overfitting": 7, "plateau": 4},
+            )
+        )
     elif opt.name == "adamw" and opt.number("weight_decay") < 0.05:
-        moves.append(Move(
-            "train.weight_decay", "train", {"optimizer": op_text(opt, weight_decay=0.05)},
-            "raise AdamW's decoupled weight decay to 0.05",
-            {"overfitting": 7, "plateau": 4},
-        ))
+        moves.append(
+            Move(
+                "train.weight_decay",
+                "train",
+                {"optimizer": op_text(opt, weight_decay=0.05)},
+                "raise AdamW's decoupled weight decay to 0.05",
+                {"overfitting": 7, "plateau": 4},
+            )
+        )
     if t.ema is None:
         steps = t.epochs * info.steps_per_epoch(spec.data.batch_size)
         # Average over roughly the last tenth of training.
         decay = min(0.9999, max(0.9, 1.0 - 10.0 / max(steps, 1)))
-        moves.append(Move(
-            "train.ema", "train", {"ema": call("ema", {"decay": _round(decay)})},
-            f"evaluate an exponential moving average of the weights (decay {_round(decay):g}, "
-            f"about the last tenth of {steps} steps), which smooths out the last noisy updates",
-            {"plateau": 3, "unstable": 3, "overfitting": 2},
-        ))
+        moves.append(
+            Move(
+                "train.ema",
+                "train",
+                {"ema": call("ema", {"decay": _round(decay)})},
+                f"evaluate an exponential moving average of the weights (decay {_round(decay):g}, "
+                f"about the last tenth of {steps} steps), which smooths out the last noisy updates",
+                {"plateau": 3, "unstable": 3, "overfitting": 2},
+            )
+        )
     return moves
 
 
@@ -258,18 +311,23 @@ def _model_moves(spec: Spec, info: DataInfo) -> list[Move]:
     moves: list[Move] = []
     if arch is None or arch.name == "mlp":
         stages = _stages(info.size)
-        text = call("cnn", {"channels": stages, "convs_per_stage": 1, "kernel_size": 3,
-                            "batch_norm": True})
+        text = call(
+            "cnn", {"channels": stages, "convs_per_stage": 1, "kernel_size": 3, "batch_norm": True}
+        )
         changes: dict[str, str | None] = {"arch": text}
         if arch is None:
             changes["layers"] = None
-        moves.append(Move(
-            "model.cnn", "model", changes,
-            f"a multi-layer perceptron ignores that neighbouring pixels belong together; a "
-            f"small CNN ({len(stages)} conv stages with batch norm) is the right inductive bias "
-            "for images",
-            {"underfitting": 10, "plateau": 8, "slow": 6, "overfitting": 5, "unknown": 6},
-        ))
+        moves.append(
+            Move(
+                "model.cnn",
+                "model",
+                changes,
+                f"a multi-layer perceptron ignores that neighbouring pixels belong together; a "
+                f"small CNN ({len(stages)} conv stages with batch norm) is the right inductive "
+                "bias for images",
+                {"underfitting": 10, "plateau": 8, "slow": 6, "overfitting": 5, "unknown": 6},
+            )
+        )
     if arch is not None:
         widened: dict[str, ParamValue] | None = None
         if arch.name == "mlp" and arch.integer("width") * 2 <= 1024:
@@ -286,11 +344,17 @@ def _model_moves(spec: Spec, info: DataInfo) -> list[Move]:
         elif arch.name == "airbench" and arch.integer("width") * 2 <= 256:
             widened = {"width": arch.integer("width") * 2}
         if widened is not None:
-            moves.append(Move(
-                "model.widen", "model", {"arch": op_text(arch, **widened)},
-                "the model lacks capacity: double its width",
-                {"underfitting": 8, "plateau": 4}, max_uses=2, cost=1.5,
-            ))
+            moves.append(
+                Move(
+                    "model.widen",
+                    "model",
+                    {"arch": op_text(arch, **widened)},
+                    "the model lacks capacity: double its width",
+                    {"underfitting": 8, "plateau": 4},
+                    max_uses=2,
+                    cost=1.5,
+                )
+            )
         deeper: dict[str, ParamValue] | None = None
         if arch.name == "mlp" and arch.integer("depth") < 4:
             deeper = {"depth": arch.integer("depth") + 1}
@@ -302,45 +366,74 @@ def _model_moves(spec: Spec, info: DataInfo) -> list[Move]:
             if depth in order[:-1]:
                 deeper = {"depth": order[order.index(depth) + 1]}
         if deeper is not None:
-            moves.append(Move(
-                "model.deepen", "model", {"arch": op_text(arch, **deeper)},
-                "add depth, so the model can build more abstract features",
-                {"underfitting": 6, "plateau": 3}, cost=1.3,
-            ))
+            moves.append(
+                Move(
+                    "model.deepen",
+                    "model",
+                    {"arch": op_text(arch, **deeper)},
+                    "add depth, so the model can build more abstract features",
+                    {"underfitting": 6, "plateau": 3},
+                    cost=1.3,
+                )
+            )
         if arch.name == "cnn" and info.size >= 16:
             channels = arch.params["channels"]
             assert isinstance(channels, tuple)
             width = 32 if max(channels) >= 64 else 16
-            moves.append(Move(
-                "model.resnet", "model", {"arch": call("resnet", {"depth": 14, "width": width})},
-                "residual connections let a deeper network train well: switch to a CIFAR-style "
-                "ResNet-14",
-                {"plateau": 6, "underfitting": 5}, cost=2.0,
-            ))
+            moves.append(
+                Move(
+                    "model.resnet",
+                    "model",
+                    {"arch": call("resnet", {"depth": 14, "width": width})},
+                    "residual connections let a deeper network train well: switch to a CIFAR-style "
+                    "ResNet-14",
+                    {"plateau": 6, "underfitting": 5},
+                    cost=2.0,
+                )
+            )
         if arch.name == "cnn" and arch.params.get("batch_norm") is False:
-            moves.append(Move(
-                "model.batch_norm", "model", {"arch": op_text(arch, batch_norm=True)},
-                "batch norm after each conv stabilises and speeds up training",
-                {"unstable": 8, "slow": 6, "underfitting": 5},
-            ))
+            moves.append(
+                Move(
+                    "model.batch_norm",
+                    "model",
+                    {"arch": op_text(arch, batch_norm=True)},
+                    "batch norm after each conv stabilises and speeds up training",
+                    {"unstable": 8, "slow": 6, "underfitting": 5},
+                )
+            )
     if m.dropout < 0.5:
         dropout = _round(m.dropout + 0.2 if m.dropout == 0 else m.dropout + 0.1)
-        moves.append(Move(
-            "model.dropout", "model", {"dropout": _num(dropout)},
-            f"the model memorises the training set: dropout {dropout:g} before the classifier",
-            {"overfitting": 9}, max_uses=2,
-        ))
+        moves.append(
+            Move(
+                "model.dropout",
+                "model",
+                {"dropout": _num(dropout)},
+                f"the model memorises the training set: dropout {dropout:g} before the classifier",
+                {"overfitting": 9},
+                max_uses=2,
+            )
+        )
     if m.dropout > 0:
-        moves.append(Move(
-            "model.less_dropout", "model", {"dropout": "0.0"},
-            "the model does not even fit the training data: remove dropout",
-            {"underfitting": 5},
-        ))
+        moves.append(
+            Move(
+                "model.less_dropout",
+                "model",
+                {"dropout": "0.0"},
+                "the model does not even fit the training data: remove dropout",
+                {"underfitting": 5},
+            )
+        )
     return moves
 
 
-_STRONG_AUGMENTS = ("mixup", "cutmix", "rand_augment", "trivial_augment", "cutout",
-                    "random_erasing")
+_STRONG_AUGMENTS = (
+    "mixup",
+    "cutmix",
+    "rand_augment",
+    "trivial_augment",
+    "cutout",
+    "random_erasing",
+)
 
 
 def _augment_moves(spec: Spec, info: DataInfo) -> list[Move]:
@@ -358,55 +451,87 @@ def _augment_moves(spec: Spec, info: DataInfo) -> list[Move]:
         else:
             text = call("random_crop", {"padding": max(2, info.size // 8)})
             what = f"random crops with {max(2, info.size // 8)}-pixel padding"
-        moves.append(Move(
-            "augment.translate", "augment", {"ops": plus(text)},
-            f"{what}: the cheapest augmentation that almost always reduces overfitting",
-            {"overfitting": 10, "plateau": 6, "unknown": 2},
-        ))
+        moves.append(
+            Move(
+                "augment.translate",
+                "augment",
+                {"ops": plus(text)},
+                f"{what}: the cheapest augmentation that almost always reduces overfitting",
+                {"overfitting": 10, "plateau": 6, "unknown": 2},
+            )
+        )
     if info.flips_ok and "horizontal_flip" not in names:
-        moves.append(Move(
-            "augment.flip", "augment", {"ops": plus(call("horizontal_flip", {"p": 0.5}))},
-            "mirrored images are still the same class here: random horizontal flips double the "
-            "effective data",
-            {"overfitting": 9, "plateau": 6, "unknown": 2},
-        ))
+        moves.append(
+            Move(
+                "augment.flip",
+                "augment",
+                {"ops": plus(call("horizontal_flip", {"p": 0.5}))},
+                "mirrored images are still the same class here: random horizontal flips double the "
+                "effective data",
+                {"overfitting": 9, "plateau": 6, "unknown": 2},
+            )
+        )
     if not info.flips_ok and "rotation" not in names:
-        moves.append(Move(
-            "augment.rotation", "augment", {"ops": plus(call("rotation", {"degrees": 10.0}))},
-            "flips would change the meaning of these images, but small rotations (±10°) do not",
-            {"overfitting": 6, "plateau": 4},
-        ))
+        moves.append(
+            Move(
+                "augment.rotation",
+                "augment",
+                {"ops": plus(call("rotation", {"degrees": 10.0}))},
+                "flips would change the meaning of these images, but small rotations (±10°) do not",
+                {"overfitting": 6, "plateau": 4},
+            )
+        )
     if info.size >= 16 and not names & {"cutout", "random_erasing"}:
         size = max(4, info.size // 4)
-        moves.append(Move(
-            "augment.cutout", "augment", {"ops": plus(call("cutout", {"size": size}))},
-            f"cutout ({size}x{size}) makes the model use the whole image, not one telltale "
-            "patch",
-            {"overfitting": 7, "plateau": 3},
-        ))
+        moves.append(
+            Move(
+                "augment.cutout",
+                "augment",
+                {"ops": plus(call("cutout", {"size": size}))},
+                f"cutout ({size}x{size}) makes the model use the whole image, not one telltale "
+                "patch",
+                {"overfitting": 7, "plateau": 3},
+            )
+        )
     if not names & {"mixup", "cutmix"}:
-        moves.append(Move(
-            "augment.mixup", "augment", {"ops": plus(call("mixup", {"alpha": 0.2}))},
-            "mixup (alpha 0.2) blends pairs of images and labels, a strong regulariser",
-            {"overfitting": 5},
-        ))
+        moves.append(
+            Move(
+                "augment.mixup",
+                "augment",
+                {"ops": plus(call("mixup", {"alpha": 0.2}))},
+                "mixup (alpha 0.2) blends pairs of images and labels, a strong regulariser",
+                {"overfitting": 5},
+            )
+        )
     if info.channels == 3 and "color_jitter" not in names:
-        moves.append(Move(
-            "augment.color_jitter", "augment",
-            {"ops": plus(call("color_jitter", {"brightness": 0.2, "contrast": 0.2,
-                                               "saturation": 0.2}))},
-            "colour jitter makes the model robust to lighting",
-            {"overfitting": 4, "plateau": 2},
-        ))
+        moves.append(
+            Move(
+                "augment.color_jitter",
+                "augment",
+                {
+                    "ops": plus(
+                        call(
+                            "color_jitter", {"brightness": 0.2, "contrast": 0.2, "saturation": 0.2}
+                        )
+                    )
+                },
+                "colour jitter makes the model robust to lighting",
+                {"overfitting": 4, "plateau": 2},
+            )
+        )
     strong = [op for op in ops if op.name in _STRONG_AUGMENTS]
     if strong:
         drop = strong[-1]
         kept = [op for op in ops if op is not drop]
-        moves.append(Move(
-            "augment.drop_strongest", "augment", {"ops": ops_text(kept)},
-            f"the model underfits: remove {drop.name}, which makes the training task harder",
-            {"underfitting": 7, "slow": 4},
-        ))
+        moves.append(
+            Move(
+                "augment.drop_strongest",
+                "augment",
+                {"ops": ops_text(kept)},
+                f"the model underfits: remove {drop.name}, which makes the training task harder",
+                {"underfitting": 7, "slow": 4},
+            )
+        )
     return moves
 
 
@@ -415,18 +540,27 @@ def _data_moves(spec: Spec, info: DataInfo) -> list[Move]:
     steps = info.steps_per_epoch(batch)
     moves: list[Move] = []
     if batch >= 32 and steps < 200:
-        moves.append(Move(
-            "data.batch_down", "data", {"batch_size": str(batch // 2)},
-            f"only {steps} steps per epoch: halve the batch ({batch} → {batch // 2}) for "
-            "twice the updates",
-            {"slow": 6, "underfitting": 5, "plateau": 2}, cost=1.3,
-        ))
+        moves.append(
+            Move(
+                "data.batch_down",
+                "data",
+                {"batch_size": str(batch // 2)},
+                f"only {steps} steps per epoch: halve the batch ({batch} → {batch // 2}) for "
+                "twice the updates",
+                {"slow": 6, "underfitting": 5, "plateau": 2},
+                cost=1.3,
+            )
+        )
     if batch <= 1024 and steps >= 20:
-        moves.append(Move(
-            "data.batch_up", "data", {"batch_size": str(batch * 2)},
-            f"double the batch ({batch} → {batch * 2}) for less noisy gradients",
-            {"unstable": 5, "plateau": 1},
-        ))
+        moves.append(
+            Move(
+                "data.batch_up",
+                "data",
+                {"batch_size": str(batch * 2)},
+                f"double the batch ({batch} → {batch * 2}) for less noisy gradients",
+                {"unstable": 5, "plateau": 1},
+            )
+        )
     return moves
 
 
@@ -440,18 +574,26 @@ def _eval_moves(spec: Spec, info: DataInfo) -> list[Move]:
         return "[" + ", ".join([*(op_text(o) for o in tta), text]) + "]"
 
     if info.flips_ok and "horizontal_flip" not in names and "horizontal_flip" in augments:
-        moves.append(Move(
-            "eval.flip_tta", "eval", {"tta": plus("horizontal_flip()")},
-            "the model was trained on mirrored images: average its predictions over each test "
-            "image and its mirror",
-            {"plateau": 6, "overfitting": 5, "underfitting": 2, "slow": 2, "unknown": 2},
-        ))
+        moves.append(
+            Move(
+                "eval.flip_tta",
+                "eval",
+                {"tta": plus("horizontal_flip()")},
+                "the model was trained on mirrored images: average its predictions over each test "
+                "image and its mirror",
+                {"plateau": 6, "overfitting": 5, "underfitting": 2, "slow": 2, "unknown": 2},
+            )
+        )
     if "translate" not in names and augments & {"translate", "random_crop"}:
-        moves.append(Move(
-            "eval.translate_tta", "eval", {"tta": plus(call("translate", {"pixels": 1}))},
-            "the model was trained on shifted images: average over 1-pixel shifts",
-            {"plateau": 4, "overfitting": 3, "slow": 1},
-        ))
+        moves.append(
+            Move(
+                "eval.translate_tta",
+                "eval",
+                {"tta": plus(call("translate", {"pixels": 1}))},
+                "the model was trained on shifted images: average over 1-pixel shifts",
+                {"plateau": 4, "overfitting": 3, "slow": 1},
+            )
+        )
     return moves
 
 
@@ -548,8 +690,7 @@ class HeuristicExpert:
                 texts.append(edit.editable_view(context.spec_text, block) + "\n")
         if not chosen:
             blocks = ", ".join(context.blocks)
-            raise NoMoreMoves(f"no untried move for {blocks} fits the diagnosis "
-                              f"({diagnosis.kind})")
+            raise NoMoreMoves(f"no untried move for {blocks} fits the diagnosis ({diagnosis.kind})")
         text = "\n".join(texts)
         move_id = "+".join(m.id for m in chosen)
         rationale = " ".join(m.rationale[0].upper() + m.rationale[1:] + "." for m in chosen)

@@ -114,8 +114,11 @@ def summary_lines(summary: Summary) -> list[str]:
     lines = [
         f"{summary.metric_name}: {fmt_metric(summary.start_metric)} → "
         f"{fmt_metric(summary.best_metric)}"
-        + (f" ({fmt_delta(summary.best_metric, summary.start_metric)})"
-           if summary.start_metric is not None and summary.best_metric is not None else "")
+        + (
+            f" ({fmt_delta(summary.best_metric, summary.start_metric)})"
+            if summary.start_metric is not None and summary.best_metric is not None
+            else ""
+        )
         + f", best at iteration {summary.best_iteration}",
     ]
     if summary.test_metric_name is not None:
@@ -195,8 +198,7 @@ class PlainReporter:
         seed_text = f" seed {seed}" if seed is not None else ""
         score_text = f" {self.metric_name} {score:.4f}" if isinstance(score, float) else ""
         self._say(
-            f"[{iteration}]{seed_text} epoch {event.get('epoch')}/{event.get('epochs')}"
-            f"{score_text}"
+            f"[{iteration}]{seed_text} epoch {event.get('epoch')}/{event.get('epochs')}{score_text}"
         )
 
     def attempt_finished(self, record: Record) -> None:
@@ -231,8 +233,9 @@ class RichReporter:
             console=self.console,
         )
         self.tasks: dict[tuple[int, int | None], TaskID] = {}
-        self.live = Live(self._render(), console=self.console, refresh_per_second=4,
-                         transient=False)
+        self.live = Live(
+            self._render(), console=self.console, refresh_per_second=4, transient=False
+        )
         self._started = False
 
     def _table(self) -> Table:
@@ -240,8 +243,11 @@ class RichReporter:
         for column in ("#", "block", "status", "metric", "Δ", "rationale / reason"):
             table.add_column(column, overflow="fold" if column.startswith("rat") else "ellipsis")
         for record in self.records[-12:]:
-            reason = record.extras.get("reason") if record.status in (
-                "failed", "pruned", "invalid", "rejected") else None
+            reason = (
+                record.extras.get("reason")
+                if record.status in ("failed", "pruned", "invalid", "rejected")
+                else None
+            )
             note = str(reason or record.rationale or "").splitlines()[0:1]
             table.add_row(
                 str(record.iteration),
@@ -257,8 +263,11 @@ class RichReporter:
         header = Text()
         if self.info is not None:
             header.append(f"improve refine {self.info.spec_path}", style="bold")
-            header.append(f"  expert {self.info.expert}  select {self.info.selector}  "
-                          f"{self.info.metric_name}\n", style="dim")
+            header.append(
+                f"  expert {self.info.expert}  select {self.info.selector}  "
+                f"{self.info.metric_name}\n",
+                style="dim",
+            )
         header.append(self.current or "starting…")
         return Group(header, self.progress_bars, self._table())
 
@@ -278,7 +287,8 @@ class RichReporter:
     def attempt_started(self, iteration: int, block: str, expert: str, note: str) -> None:
         with self._lock:
             self.current = f"iteration {iteration}: {block} ({expert})" + (
-                f" — {note}" if note else "")
+                f" — {note}" if note else ""
+            )
             self._refresh()
 
     def progress(self, iteration: int, seed: int | None, event: dict[str, Any]) -> None:
@@ -320,11 +330,14 @@ class RichReporter:
             table.add_column("")
             table.add_column(summary.metric_name.replace("val_", "validation "))
             table.add_row("start", fmt_metric(summary.start_metric))
-            table.add_row(f"best (iteration {summary.best_iteration})",
-                          fmt_metric(summary.best_metric))
+            table.add_row(
+                f"best (iteration {summary.best_iteration})", fmt_metric(summary.best_metric)
+            )
             if summary.test_metric_name is not None:
-                table.add_row(Text("test, best spec, once", style="bold"),
-                              Text(fmt_metric(summary.test_metric), style="bold"))
+                table.add_row(
+                    Text("test, best spec, once", style="bold"),
+                    Text(fmt_metric(summary.test_metric), style="bold"),
+                )
             self.console.print(table)
             for line in summary_lines(summary)[2 if summary.test_metric_name else 1 :]:
                 self.console.print(line)

@@ -204,9 +204,7 @@ def make_expert(
             return openai_expert.OpenAIExpert(model, base_url=base_url, max_cost=max_cost)
     except ExpertError as exc:
         raise RefineError(str(exc)) from None
-    raise RefineError(
-        f"unknown expert {spec!r}; choose heuristic, openai[:MODEL] or replay:FILE"
-    )
+    raise RefineError(f"unknown expert {spec!r}; choose heuristic, openai[:MODEL] or replay:FILE")
 
 
 # ---------------------------------------------------------------- pieces of state
@@ -227,12 +225,25 @@ class SeedRun:
 
     @classmethod
     def of(cls, seed: int, result: RunResult, batch_size: int | None) -> SeedRun:
-        return cls(seed, result.status, result.metric, list(result.history), result.reason,
-                   result.seconds, False, batch_size)
+        return cls(
+            seed,
+            result.status,
+            result.metric,
+            list(result.history),
+            result.reason,
+            result.seconds,
+            False,
+            batch_size,
+        )
 
     def to_cache(self) -> dict[str, Any]:
-        return {"status": self.status, "metric": self.metric, "history": self.history,
-                "reason": self.reason, "seconds": self.seconds}
+        return {
+            "status": self.status,
+            "metric": self.metric,
+            "history": self.history,
+            "reason": self.reason,
+            "seconds": self.seconds,
+        }
 
 
 @dataclass
@@ -286,9 +297,16 @@ class Candidate:
 
     def attempt(self, incumbent_metric: float | None) -> Attempt:
         """As the expert sees it while it is still running."""
-        return Attempt(self.iteration, self.label, "pending", None, incumbent_metric, "",
-                       self.proposal.rationale if self.proposal else "",
-                       self.proposal.move if self.proposal else "")
+        return Attempt(
+            self.iteration,
+            self.label,
+            "pending",
+            None,
+            incumbent_metric,
+            "",
+            self.proposal.rationale if self.proposal else "",
+            self.proposal.move if self.proposal else "",
+        )
 
 
 def _mean(values: Sequence[float]) -> float | None:
@@ -351,8 +369,12 @@ class Refiner:
         self.base_seed = start_spec.pipeline.seed
         self.seeds = [self.base_seed + i for i in range(options.seeds)]
         self.cache = ResultCache(runs_root(spec_path) / "cache")
-        self.expert = expert or make_expert(options.expert, base_url=options.base_url,
-                                            seed=options.expert_seed, max_cost=options.max_cost)
+        self.expert = expert or make_expert(
+            options.expert,
+            base_url=options.base_url,
+            seed=options.expert_seed,
+            max_cost=options.max_cost,
+        )
         self.executor: Executor | None = None
         self.records: list[Record] = run.records()
         self.exhausted: set[str] = set()
@@ -381,8 +403,16 @@ class Refiner:
         # A candidate that beat the incumbent but lost to a sibling of its round did not fail:
         # its move is not marked tried, so an expert may offer it again on the new incumbent.
         return [
-            Attempt(r.iteration, r.block, r.status, r.metric, r.incumbent_metric, r.diff,
-                    r.rationale, "" if r.extras.get("outranked_by") else r.move)
+            Attempt(
+                r.iteration,
+                r.block,
+                r.status,
+                r.metric,
+                r.incumbent_metric,
+                r.diff,
+                r.rationale,
+                "" if r.extras.get("outranked_by") else r.move,
+            )
             for r in self.attempts
         ]
 
@@ -405,12 +435,18 @@ class Refiner:
             if record.status != "accepted":
                 continue
             folder = self.run.candidate_dir(record.iteration)
-            text = self.start_text if record.iteration == 0 else (
-                folder / "spec.imp").read_text(encoding="utf-8")
-            metrics = [m if isinstance(m, (int, float)) else None
-                       for m in record.extras.get("metrics", [record.metric])]
-            best = Incumbent(record.iteration, text, record.metric, metrics,
-                             self._read_curves(folder))
+            text = (
+                self.start_text
+                if record.iteration == 0
+                else (folder / "spec.imp").read_text(encoding="utf-8")
+            )
+            metrics = [
+                m if isinstance(m, (int, float)) else None
+                for m in record.extras.get("metrics", [record.metric])
+            ]
+            best = Incumbent(
+                record.iteration, text, record.metric, metrics, self._read_curves(folder)
+            )
         return best
 
     @staticmethod
@@ -433,8 +469,13 @@ class Refiner:
                 self._profile = str(profile_dataset(spec.data.source).describe())
         return self._profile
 
-    def _context(self, blocks: tuple[str, ...], history: Sequence[Attempt],
-                 feedback: str | None = None, previous: str | None = None) -> Context:
+    def _context(
+        self,
+        blocks: tuple[str, ...],
+        history: Sequence[Attempt],
+        feedback: str | None = None,
+        previous: str | None = None,
+    ) -> Context:
         return Context(
             spec_text=self.incumbent.text,
             spec_path=str(self.spec_path),
@@ -458,12 +499,25 @@ class Refiner:
                 git_root(self.spec_path)
             except GitError as exc:
                 raise RefineError(str(exc)) from None
-        self.executor = make_executor(options.executor, parallel=options.parallel,
-                                      device=options.device, threads=options.threads,
-                                      address=options.ray_address)
-        info = RunInfo(str(self.spec_path), str(self.run.path), self.expert.name,
-                       self.metric_key, self._target(), options.select, options.strategy,
-                       options.seeds, options.parallel, self.resumed)
+        self.executor = make_executor(
+            options.executor,
+            parallel=options.parallel,
+            device=options.device,
+            threads=options.threads,
+            address=options.ray_address,
+        )
+        info = RunInfo(
+            str(self.spec_path),
+            str(self.run.path),
+            self.expert.name,
+            self.metric_key,
+            self._target(),
+            options.select,
+            options.strategy,
+            options.seeds,
+            options.parallel,
+            self.resumed,
+        )
         self.reporter.run_started(info, self.records)
         try:
             self._reconcile_spec()
@@ -512,8 +566,7 @@ class Refiner:
         self.reporter.attempt_started(0, BASELINE, "—", "scoring the starting spec")
         started = time.monotonic()
         script = compile_script(self.start_text, str(self.spec_path), self.cache)
-        candidate = Candidate(0, (), BASELINE, self.start_text, script, None, None, 0, 0.0,
-                              0.0, 0)
+        candidate = Candidate(0, (), BASELINE, self.start_text, script, None, None, 0, 0.0, 0.0, 0)
         self._write_candidate(candidate)
         self._train([candidate], prune=False)
         runs = candidate.runs
@@ -534,8 +587,9 @@ class Refiner:
             extras=extras,
         )
         if ok:
-            self.incumbent = Incumbent(0, self.start_text, metric, list(metrics),
-                                       runs[0].history if runs else [])
+            self.incumbent = Incumbent(
+                0, self.start_text, metric, list(metrics), runs[0].history if runs else []
+            )
             self.run.write_best(self.start_text)
         self._record(record)
 
@@ -591,22 +645,30 @@ class Refiner:
             candidate = self._ask(iteration, blocks, label, history, choice)
             if candidate is not None:
                 return candidate
-            self.reporter.message(f"[{iteration}] {label}: the expert has nothing left to try "
-                                  "there")
+            self.reporter.message(
+                f"[{iteration}] {label}: the expert has nothing left to try there"
+            )
             self.exhausted.add(label)
 
     def _choose(self, history: Sequence[Attempt], refinable: Sequence[str]) -> Choice | None:
         context = self._context((), history)
         try:
-            return choose_block(self.options.select, self.expert, context, refinable,
-                                self.exhausted)
+            return choose_block(
+                self.options.select, self.expert, context, refinable, self.exhausted
+            )
         except ExpertError as exc:
             # The analyst could not answer: the rules over the curves decide instead.
             self.reporter.message(f"the analyst failed ({exc}); selecting by diagnosis")
             return choose_block("diagnose", self.expert, context, refinable, self.exhausted)
 
-    def _ask(self, iteration: int, blocks: tuple[str, ...], label: str,
-             history: Sequence[Attempt], choice: Choice) -> Candidate | None:
+    def _ask(
+        self,
+        iteration: int,
+        blocks: tuple[str, ...],
+        label: str,
+        history: Sequence[Attempt],
+        choice: Choice,
+    ) -> Candidate | None:
         """Up to 1 + MAX_RETRIES replies; a checked candidate, an invalid one, or None."""
         started = time.monotonic()
         tokens, cost = choice.tokens, choice.cost_usd
@@ -631,24 +693,54 @@ class Refiner:
             tokens += proposal.tokens
             cost += proposal.cost_usd
             try:
-                text = edit.apply_edit(self.incumbent.text, str(self.spec_path), blocks,
-                                       proposal.text, check_shapes=False)
+                text = edit.apply_edit(
+                    self.incumbent.text,
+                    str(self.spec_path),
+                    blocks,
+                    proposal.text,
+                    check_shapes=False,
+                )
                 self._guard(text, blocks)
                 script = compile_script(text, str(self.spec_path), self.cache)
             except (edit.EditError, DiagnosticError) as exc:
                 if isinstance(exc, DiagnosticError):
-                    note = (f"nothing was applied: the spec is unchanged; fix the reply and "
-                            f"{edit.ask_for(blocks)}")
+                    note = (
+                        f"nothing was applied: the spec is unchanged; fix the reply and "
+                        f"{edit.ask_for(blocks)}"
+                    )
                     if note not in exc.extra:
                         exc.extra.append(note)
                 feedback, previous = edit.feedback_for(exc), proposal.raw or proposal.text
                 refused += 1
                 continue
-            return Candidate(iteration, blocks, label, text, script, proposal, choice, tokens,
-                             cost, time.monotonic() - started, retry)
-        return Candidate(iteration, blocks, label, None, None, proposal, choice, tokens, cost,
-                         time.monotonic() - started, max(0, refused - 1), feedback,
-                         previous or "")
+            return Candidate(
+                iteration,
+                blocks,
+                label,
+                text,
+                script,
+                proposal,
+                choice,
+                tokens,
+                cost,
+                time.monotonic() - started,
+                retry,
+            )
+        return Candidate(
+            iteration,
+            blocks,
+            label,
+            None,
+            None,
+            proposal,
+            choice,
+            tokens,
+            cost,
+            time.monotonic() - started,
+            max(0, refused - 1),
+            feedback,
+            previous or "",
+        )
 
     def _guard(self, text: str, blocks: Sequence[str]) -> None:
         """Belt and braces: only the asked-for blocks changed, and no locked field."""
@@ -656,13 +748,16 @@ class Refiner:
         after = validate.load_text(text, str(self.spec_path))
         for name in registry.BLOCK_NAMES:
             if name not in blocks and getattr(before, name) != getattr(after, name):
-                raise edit.EditError(f"the proposal changes block '{name}', which was not asked "
-                                     f"for; {edit.ask_for(blocks)}")
+                raise edit.EditError(
+                    f"the proposal changes block '{name}', which was not asked "
+                    f"for; {edit.ask_for(blocks)}"
+                )
         for block_name, field_name in registry.locked_fields():
             old = getattr(getattr(before, block_name), field_name)
             if old != getattr(getattr(after, block_name), field_name):
-                raise edit.EditError(f"'{field_name}' in block '{block_name}' is locked: "
-                                     "refinement never changes it")
+                raise edit.EditError(
+                    f"'{field_name}' in block '{block_name}' is locked: refinement never changes it"
+                )
 
     # ------------------------------------------------------------ training
 
@@ -690,9 +785,15 @@ class Refiner:
                 key = self.cache.key(candidate.script, seed, "val")
                 hit = self.cache.get(key)
                 if hit is not None:
-                    run = SeedRun(seed, str(hit.get("status")), hit.get("metric"),
-                                  list(hit.get("history") or []), hit.get("reason"),
-                                  float(hit.get("seconds") or 0.0), cached=True)
+                    run = SeedRun(
+                        seed,
+                        str(hit.get("status")),
+                        hit.get("metric"),
+                        list(hit.get("history") or []),
+                        hit.get("reason"),
+                        float(hit.get("seconds") or 0.0),
+                        cached=True,
+                    )
                     candidate.runs.append(run)
                     out = self._out_dir(candidate, seed)
                     out.mkdir(parents=True, exist_ok=True)
@@ -710,8 +811,10 @@ class Refiner:
             if result.status == "oom" and batch is None:
                 half = self._half_batch(candidate)
                 if half is not None:
-                    self.reporter.message(f"[{candidate.iteration}] out of memory; retrying "
-                                          f"once with batch size {half}")
+                    self.reporter.message(
+                        f"[{candidate.iteration}] out of memory; retrying "
+                        f"once with batch size {half}"
+                    )
                     pending.append(self._submit(candidate, seed, half, prune))
                     continue
             run = SeedRun.of(seed, result, batch)
@@ -722,18 +825,20 @@ class Refiner:
         for candidate in candidates:
             candidate.runs.sort(key=lambda r: r.seed)
             folder = self.run.candidate_dir(candidate.iteration)
-            atomic_write_json(folder / "result.json", {
-                "iteration": candidate.iteration,
-                "runs": [dataclasses.asdict(r) for r in candidate.runs],
-            })
+            atomic_write_json(
+                folder / "result.json",
+                {
+                    "iteration": candidate.iteration,
+                    "runs": [dataclasses.asdict(r) for r in candidate.runs],
+                },
+            )
 
     def _half_batch(self, candidate: Candidate) -> int | None:
         assert candidate.text is not None
         batch = validate.load_text(candidate.text, str(self.spec_path)).data.batch_size
         return batch // 2 if batch >= 2 else None
 
-    def _submit(self, candidate: Candidate, seed: int, batch: int | None,
-                prune: bool) -> JobHandle:
+    def _submit(self, candidate: Candidate, seed: int, batch: int | None, prune: bool) -> JobHandle:
         assert self.executor is not None
         folder = self.run.candidate_dir(candidate.iteration)
         job = TrainJob(
@@ -827,8 +932,10 @@ class Refiner:
                     status = "cached"
                 else:
                     status = "rejected"
-                if best is not None and candidate is not best and any(
-                    c is candidate for _, c in winners
+                if (
+                    best is not None
+                    and candidate is not best
+                    and any(c is candidate for _, c in winners)
                 ):
                     outranked_by = best.iteration
             else:
@@ -841,14 +948,21 @@ class Refiner:
         gain = metric - incumbent.metric
         return gain > self.options.min_delta and (len(self.seeds) == 1 or gain > incumbent.noise)
 
-    def _finish(self, candidate: Candidate, status: str, metric: float | None,
-                incumbent: Incumbent, outranked_by: int | None = None) -> None:
+    def _finish(
+        self,
+        candidate: Candidate,
+        status: str,
+        metric: float | None,
+        incumbent: Incumbent,
+        outranked_by: int | None = None,
+    ) -> None:
         proposal = candidate.proposal
         extras = self._extras(candidate) if candidate.valid else {}
         if outranked_by is not None:
             extras["outranked_by"] = outranked_by
-            extras["reason"] = (f"it beat the incumbent, but iteration {outranked_by} of the "
-                                "same round did better")
+            extras["reason"] = (
+                f"it beat the incumbent, but iteration {outranked_by} of the same round did better"
+            )
         extras["move"] = proposal.move if proposal else ""
         if candidate.choice is not None:
             extras["selector"] = candidate.choice.selector
@@ -856,13 +970,18 @@ class Refiner:
         extras["retries"] = candidate.retries
         extras["propose_seconds"] = round(candidate.propose_seconds, 3)
         if status == "invalid":
-            extras["reason"] = (candidate.feedback or "").splitlines()[0] if (
-                candidate.feedback) else "the reply could not be used"
+            extras["reason"] = (
+                (candidate.feedback or "").splitlines()[0]
+                if (candidate.feedback)
+                else "the reply could not be used"
+            )
             extras["feedback"] = candidate.feedback or ""
             extras["reply"] = candidate.reply
         if status == "pruned" and candidate.pruned_at is not None:
-            extras["reason"] = (f"pruned at epoch {candidate.pruned_at}: more than "
-                                f"{self.options.prune_margin:g} below the incumbent")
+            extras["reason"] = (
+                f"pruned at epoch {candidate.pruned_at}: more than "
+                f"{self.options.prune_margin:g} below the incumbent"
+            )
         if len(self.seeds) > 1 and candidate.runs:
             values = [r.metric for r in candidate.runs if r.metric is not None]
             extras["std"] = statistics.stdev(values) if len(values) > 1 else 0.0
@@ -885,8 +1004,13 @@ class Refiner:
         if status == "accepted":
             assert candidate.text is not None and metric is not None
             runs = candidate.runs
-            self.incumbent = Incumbent(candidate.iteration, candidate.text, metric,
-                                       [r.metric for r in runs], runs[0].history)
+            self.incumbent = Incumbent(
+                candidate.iteration,
+                candidate.text,
+                metric,
+                [r.metric for r in runs],
+                runs[0].history,
+            )
             self.exhausted.clear()  # a new incumbent opens new moves
             self.run.write_best(candidate.text)
         self._record(record)
@@ -963,8 +1087,11 @@ class Refiner:
             delta = f" ({record.metric - record.incumbent_metric:+.4f})"
         subject = f"improve: {record.block}: {self.metric_key} {before} → {after}{delta}"
         body = record.rationale.strip() or "(no rationale given)"
-        trailer = (f"Iteration {record.iteration} of {self.run.path}, expert {record.expert}"
-                   + (f", move {record.move}" if record.move else "") + ".")
+        trailer = (
+            f"Iteration {record.iteration} of {self.run.path}, expert {record.expert}"
+            + (f", move {record.move}" if record.move else "")
+            + "."
+        )
         return f"{subject}\n\n{body}\n\n{trailer}\n"
 
     # ------------------------------------------------------------ the end
@@ -988,30 +1115,45 @@ class Refiner:
         if hit is not None:
             status, metric, reason = str(hit.get("status")), hit.get("metric"), hit.get("reason")
         else:
-            job = TrainJob(script=folder / "train.py", out_dir=folder, split="test",
-                           seed=self.base_seed, device=self.options.device,
-                           timeout=self.options.timeout, threads=self.options.threads)
+            job = TrainJob(
+                script=folder / "train.py",
+                out_dir=folder,
+                split="test",
+                seed=self.base_seed,
+                device=self.options.device,
+                timeout=self.options.timeout,
+                threads=self.options.threads,
+            )
             result = self.executor.wait(self.executor.submit(job))
             if result.status == "interrupted":
                 raise KeyboardInterrupt
             status, metric, reason = result.status, result.metric, result.reason
             if result.status == "ok":
-                self.cache.put(key, {"status": status, "metric": metric,
-                                     "history": result.history, "reason": None,
-                                     "seconds": result.seconds})
+                self.cache.put(
+                    key,
+                    {
+                        "status": status,
+                        "metric": metric,
+                        "history": result.history,
+                        "reason": None,
+                        "seconds": result.seconds,
+                    },
+                )
         test_name = self.metric_key.replace("val_", "test_", 1)
-        self.run.write_final({
-            "metric_name": test_name,
-            "test_metric": metric if status == "ok" else None,
-            "status": status,
-            "reason": reason,
-            "seed": self.base_seed,
-            "best_iteration": self.incumbent.iteration,
-            "best_spec_sha256": sha256_text(text),
-            "val_metric_name": self.metric_key,
-            "val_metric": self.incumbent.metric,
-            "start_val_metric": self._start_metric(),
-        })
+        self.run.write_final(
+            {
+                "metric_name": test_name,
+                "test_metric": metric if status == "ok" else None,
+                "status": status,
+                "reason": reason,
+                "seed": self.base_seed,
+                "best_iteration": self.incumbent.iteration,
+                "best_spec_sha256": sha256_text(text),
+                "val_metric_name": self.metric_key,
+                "val_metric": self.incumbent.metric,
+                "start_val_metric": self._start_metric(),
+            }
+        )
         if status != "ok":
             self.reporter.message(f"the test run failed: {reason}")
             return None
@@ -1047,8 +1189,9 @@ class Refiner:
             start_metric=result.start_metric,
             best_metric=result.best_metric,
             best_iteration=result.best_iteration,
-            test_metric_name=(self.metric_key.replace("val_", "test_", 1)
-                              if self.options.test else None),
+            test_metric_name=(
+                self.metric_key.replace("val_", "test_", 1) if self.options.test else None
+            ),
             test_metric=result.test_metric,
             counts=counts,
             stopped=result.stopped,
@@ -1063,8 +1206,19 @@ class Refiner:
 # ---------------------------------------------------------------- entry point
 
 # Options that a resumed run may change; the others are the run's own.
-RESUMABLE = ("iters", "budget_minutes", "max_cost", "parallel", "timeout", "device", "test",
-             "threads", "prune", "executor", "ray_address")
+RESUMABLE = (
+    "iters",
+    "budget_minutes",
+    "max_cost",
+    "parallel",
+    "timeout",
+    "device",
+    "test",
+    "threads",
+    "prune",
+    "executor",
+    "ray_address",
+)
 
 
 def refine(
@@ -1101,8 +1255,12 @@ def _start(spec_path: Path | None, options: RefineOptions, reporter: Reporter) -
         except GitError as exc:
             raise RefineError(str(exc)) from None
     # The expert first: a missing API key must not leave an empty run behind.
-    expert = make_expert(options.expert, base_url=options.base_url, seed=options.expert_seed,
-                         max_cost=options.max_cost)
+    expert = make_expert(
+        options.expert,
+        base_url=options.base_url,
+        seed=options.expert_seed,
+        max_cost=options.max_cost,
+    )
     root = runs_root(spec_path)
     path = options.run_dir or root / new_run_id(root)
     try:
@@ -1122,8 +1280,9 @@ def _start(spec_path: Path | None, options: RefineOptions, reporter: Reporter) -
     return Refiner(spec_path, options, run, state, reporter, resumed=False, expert=expert)
 
 
-def _resume(path: Path, spec_path: Path | None, overrides: Mapping[str, Any],
-            reporter: Reporter) -> Refiner:
+def _resume(
+    path: Path, spec_path: Path | None, overrides: Mapping[str, Any], reporter: Reporter
+) -> Refiner:
     from ..journal import JournalError
 
     try:

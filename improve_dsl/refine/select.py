@@ -115,8 +115,13 @@ def choose_block(
         selection = expert.select(context, available)
         if selection is not None:
             if selection.block in available:
-                return Choice(selection.block, selection.reason, "analyst", selection.tokens,
-                              selection.cost_usd)
+                return Choice(
+                    selection.block,
+                    selection.reason,
+                    "analyst",
+                    selection.tokens,
+                    selection.cost_usd,
+                )
             fallback = by_diagnosis(diagnosis, context.history, candidates, exhausted)
             assert fallback is not None
             return Choice(
