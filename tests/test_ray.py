@@ -37,11 +37,13 @@ except ImportError:  # every test but the missing-Ray ones is skipped, with this
 NO_RAY = "Ray is not installed: pip install 'improve-dsl[ray]'"
 
 # A stand-in for a compiled script: EPOCHS epochs of SLEEP seconds, a model.pt of MODEL bytes.
+# With a GATE path, it waits after the first epoch until that file exists (60 s at most), so
+# a test can prove that events reach it while the run is still going, whatever the load.
 FAKE = textwrap.dedent(
     """
     import argparse, json, os, sys, time
 
-    EPOCHS, SLEEP, MODEL = {epochs}, {sleep}, {model}
+    EPOCHS, SLEEP, MODEL, GATE = {epochs}, {sleep}, {model}, {gate!r}
     parser = argparse.ArgumentParser()
     for flag in ("--split", "--device", "--out"):
         parser.add_argument(flag)
@@ -63,6 +65,13 @@ FAKE = textwrap.dedent(
                   key: 0.5 + 0.1 * epoch + 0.001 * (args.seed or 0), "seconds": epoch * SLEEP}}
         history.append(event)
         emit(**event)
+        if GATE and epoch == 1:
+            deadline = time.monotonic() + 60
+            while not os.path.exists(GATE):
+                if time.monotonic() > deadline:
+                    emit(event="result", status="failed", reason="the gate never opened")
+                    sys.exit(1)
+                time.sleep(0.02)
     result = {{"event": "result", "status": "ok", "split": args.split, "metric": "accuracy",
                key: history[-1][key], "epochs_run": EPOCHS}}
     emit(**result)
@@ -76,10 +85,17 @@ FAKE = textwrap.dedent(
 
 
 def fake_script(
-    tmp_path: Path, *, epochs: int = 3, sleep: float = 0.1, model: int = 100, name: str = "train.py"
+    tmp_path: Path,
+    *,
+    epochs: int = 3,
+    sleep: float = 0.1,
+    model: int = 100,
+    name: str = "train.py",
+    gate: Path | None = None,
 ) -> Path:
     path = tmp_path / name
-    path.write_text(FAKE.format(epochs=epochs, sleep=sleep, model=model), encoding="utf-8")
+    text = FAKE.format(epochs=epochs, sleep=sleep, model=model, gate=str(gate) if gate else "")
+    path.write_text(text, encoding="utf-8")
     return path
 
 
@@ -198,11 +214,21 @@ def test_unreachable_cluster_is_one_line_at_once(tmp_path: Path) -> None:
 
 
 def test_jobs_run_as_tasks_and_results_land_in_out_dir(cluster: str, tmp_path: Path) -> None:
-    script = fake_script(tmp_path, epochs=3, sleep=0.3)
+    # Each run holds after its first epoch until the test has seen that epoch's event.
+    gate = tmp_path / "gate"
+    script = fake_script(tmp_path, epochs=3, sleep=0.1, gate=gate)
     seen: dict[int, list[tuple[float, dict[str, Any]]]] = {0: [], 1: []}
 
     def recorder(seed: int) -> Any:
-        return lambda event: seen[seed].append((time.monotonic(), event)) or True
+        def record(event: dict[str, Any]) -> bool:
+            seen[seed].append((time.monotonic(), event))
+            if event["event"] == "epoch" and all(
+                any(e["event"] == "epoch" for _, e in seen[s]) for s in (0, 1)
+            ):
+                gate.touch()  # both runs' first epochs arrived while they were running
+            return True
+
+        return record
 
     with make_executor("ray", parallel=2) as executor:
         assert isinstance(executor, RayExecutor)
@@ -233,9 +259,9 @@ def test_jobs_run_as_tasks_and_results_land_in_out_dir(cluster: str, tmp_path: P
         assert [e["epoch"] for e in epochs] == [1, 2, 3]
         start = next(e for _, e in seen[seed] if e["event"] == "start")
         assert start["threads"] == 1
-        # Events stream while the task runs: the first epoch is seen well before the end.
+        # Events stream while the task runs: the runs only finish once the gate opened.
         first = next(t for t, e in seen[seed] if e["event"] == "epoch")
-        assert ended - first > 0.3
+        assert first < ended
     # Both ran at once on the two CPUs.
     starts = [next(e for _, e in seen[s] if e["event"] == "start") for s in (0, 1)]
     assert starts[0]["pid"] != starts[1]["pid"]
