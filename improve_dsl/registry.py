@@ -635,7 +635,7 @@ BLOCKS = (
             FieldSpec(
                 "precision",
                 "enum",
-                "auto: bf16 autocast on CUDA, fp32 on CPU (channels_last on both)",
+                "auto: bf16 autocast on CUDA, fp32 on CPU; bf16 also on CPUs with native bf16",
                 "auto",
                 choices=("auto", "fp32", "bf16", "fp16"),
             ),

@@ -198,7 +198,7 @@ _WHY = {
     "EVAL_BATCH_SIZE": "no gradients are kept at evaluation, so larger batches fit",
     "LABEL_SMOOTHING": "softened targets: less over-confidence, often better accuracy",
     "EMA_DECAY": "per step, warmed up so short runs are not dominated by the initial weights",
-    "PRECISION": "auto: bf16 autocast on CUDA, fp32 on CPU (channels_last on both)",
+    "PRECISION": "auto: bf16 autocast on CUDA, fp32 on CPU; bf16 also on CPUs with native bf16",
     "COMPILE": "torch.compile the model (pays off on CUDA for runs longer than a minute)",
 }
 

@@ -116,6 +116,7 @@ class Run:
         self.events = [json.loads(line) for line in out.splitlines()]
         assert self.events[-1] == self.result
         self.epochs = [e for e in self.events if e["event"] == "epoch"]
+        self.start = next((e for e in self.events if e["event"] == "start"), {})
 
     @property
     def ok(self) -> bool:
@@ -526,14 +527,35 @@ def test_ema_averages_the_weights_and_trains(
     assert result.ok and result.result["val_accuracy"] > 0.8
 
 
-@pytest.mark.parametrize("precision", ["bf16", "fp16"])
-def test_half_precision_falls_back_to_fp32_on_cpu(
-    precision: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+def test_fp16_falls_back_to_fp32_on_cpu(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    result = run(tmp_path, capsys, precision=precision, extra="clip_grad_norm = 5.0", epochs="2")
+    result = run(tmp_path, capsys, precision="fp16", extra="clip_grad_norm = 5.0", epochs="2")
     assert result.ok, result.result
-    assert f"precision {precision} needs CUDA; training in fp32" in result.stderr
+    assert "precision fp16 needs CUDA; training in fp32 on cpu" in result.stderr
+    assert result.start["precision"] == "fp32"
     assert result.losses()[-1] < result.losses()[0]
+
+
+def test_bf16_on_cpu_uses_native_bf16_or_says_why_not(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    result = run(tmp_path, capsys, precision="bf16", extra="clip_grad_norm = 5.0", epochs="2")
+    assert result.ok, result.result
+    assert result.losses()[-1] < result.losses()[0]
+    native = torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+    if native:  # this machine's CPU has AVX512-BF16: the step runs under bf16 autocast
+        assert result.start["precision"] == "bf16"
+        assert "warning" not in result.stderr
+    else:
+        assert result.start["precision"] == "fp32"
+        assert "needs CUDA or a CPU with native bf16; training in fp32" in result.stderr
+
+
+def test_auto_precision_is_fp32_on_cpu(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    result = run(tmp_path, capsys, precision="auto", epochs="1")
+    assert result.ok, result.result
+    assert result.start["precision"] == "fp32" and "warning" not in result.stderr
 
 
 @pytest.mark.skipif(
