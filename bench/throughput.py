@@ -1,20 +1,24 @@
 """Training throughput: the compiled script against an idiomatic torchvision DataLoader script.
 
 Both train the same network with the same recipe on the same Fashion-MNIST data for the same
-epochs (specs/fashion_mnist.imp, compiled with `improve compile`, against
-bench/torchvision_baseline.py), one after the other, then score the test split once. Training
+epochs (a Fashion-MNIST ResNet-8 spec, by default specs/fashion_mnist.imp, compiled with
+`improve compile`, against bench/torchvision_baseline.py given the spec's width and
+precision), one after the other, then score the test split once. Training
 images per second = images trained on / seconds of the training loop over all epochs. Both
 exclude reading the dataset files and evaluation; both include everything per batch (fetching,
 augmenting, normalising, the training step), and the baseline's DataLoader worker start-up.
 
-    python bench/throughput.py --subset 20000 --epochs 2 --device cpu
+    python bench/throughput.py --subset 20000 --epochs 2 --device cpu [--seeds 3]
+    python bench/throughput.py --spec specs/fashion_mnist_cpu.imp --epochs 3 --seeds 3
 
-prints both figures, their ratio and the accuracy difference, with each whole run's CPU
-seconds (user + system, DataLoader workers included; loading, training and evaluation), which
-depend less on other load on the machine than wall-clock figures do. It then times each data
-pipeline alone, without the model (batches fetched, augmented and normalised for one epoch,
-in this process, after both runs): where the model's compute dominates, as for this network on
-a CPU, that shows how much of the difference the data pipeline can make at most.
+prints both figures for each seed (both scripts take the same --seed, which seeds the weights
+and the order; the training images are the same), the mean ratio and the difference of the
+mean test accuracies, with each whole run's CPU seconds (user + system, DataLoader workers
+included; loading, training and evaluation), which depend less on other load on the machine
+than wall-clock figures do. It then times each data pipeline alone, without the model (batches
+fetched, augmented and normalised for one epoch, in this process, after both runs): where the
+model's compute dominates, as for this network on a CPU, that shows how much of the difference
+the data pipeline can make at most.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ import json
 import os
 import re
 import resource
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -43,6 +48,16 @@ def last_json(output: str) -> dict[str, Any]:
     raise RuntimeError("no JSON result in the output:\n" + output[-2000:])
 
 
+def first_event(output: str, name: str) -> dict[str, Any]:
+    """The first JSON line of a script's standard output whose "event" is `name`."""
+    for line in output.splitlines():
+        if line.startswith("{"):
+            event: dict[str, Any] = json.loads(line)
+            if event.get("event") == name:
+                return event
+    return {}
+
+
 def cpu_seconds() -> float:
     """User + system CPU time of every finished child process (workers included)."""
     usage = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -57,12 +72,22 @@ def run(command: list[str], label: str) -> tuple[dict[str, Any], float]:
     wall = time.perf_counter() - began
     if proc.returncode != 0:
         raise SystemExit(f"{label} failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
-    return {**last_json(proc.stdout), "cpu_seconds": cpu_seconds() - cpu}, wall
+    # The compiled script names its precision in its start event, the baseline in its result.
+    precision = first_event(proc.stdout, "start").get("precision", "?")
+    result = {"precision": precision, **last_json(proc.stdout)}
+    return {**result, "cpu_seconds": cpu_seconds() - cpu}, wall
 
 
-def compiled_script(spec: Path, subset: int | None, work: Path, width: int | None = None) -> Path:
-    """The spec with subset= (and the ResNet's width) set, compiled by `improve compile`."""
+def compiled_script(
+    spec: Path, subset: int | None, work: Path, width: int | None, precision: str | None
+) -> tuple[Path, int, str]:
+    """The spec with subset= (and the ResNet's width and the precision, where given) set,
+    compiled by `improve compile`; the script, and the width and precision it trains with."""
     text = spec.read_text(encoding="utf-8")
+    if precision:
+        text, count = re.subn(r"precision = \w+", f"precision = {precision}", text)
+        if count != 1:
+            raise SystemExit(f"{spec}: expected `precision = P` to set the precision")
     if width:
         text, count = re.subn(
             r"resnet\(depth = 8, width = \d+\)", f"resnet(depth = 8, width = {width})", text
@@ -75,6 +100,14 @@ def compiled_script(spec: Path, subset: int | None, work: Path, width: int | Non
         )
         if count != 1:
             raise SystemExit(f"{spec}: expected `source = fashion_mnist()` to add subset=")
+    # What the baseline must match: the network's width and the training precision.
+    width_found = re.search(r"resnet\(depth = 8, width = (\d+)\)", text)
+    precision_found = re.search(r"precision = (\w+)", text)
+    if width_found is None:
+        raise SystemExit(f"{spec}: the baseline is a ResNet-8; expected `resnet(depth = 8, ...)`")
+    final_precision = precision_found.group(1) if precision_found else "auto"
+    if final_precision not in ("auto", "bf16"):
+        raise SystemExit(f"{spec}: precision {final_precision}: the baseline has auto and bf16")
     bench_spec = work / "bench.imp"
     bench_spec.write_text(text, encoding="utf-8")
     script = work / "train.py"
@@ -90,7 +123,7 @@ def compiled_script(spec: Path, subset: int | None, work: Path, width: int | Non
     proc = subprocess.run(command, capture_output=True, text=True, cwd=REPO)
     if proc.returncode != 0:
         raise SystemExit(f"improve compile failed:\n{proc.stderr}")
-    return script
+    return script, int(width_found.group(1)), final_precision
 
 
 def import_file(path: Path, name: str) -> Any:
@@ -124,12 +157,56 @@ def pipeline_only(script: Path, subset: int | None, epochs: int) -> tuple[float,
     compiled_speed = seen / (time.perf_counter() - began)
 
     baseline = import_file(REPO / "bench" / "torchvision_baseline.py", "bench_baseline")
-    _, _, loader = baseline.build_data(baseline.DATA, subset, 0, 2)
+    _, _, loader = baseline.build_data(baseline.DATA, subset, 2)
     seen, began = 0, time.perf_counter()
     for _ in range(epochs):
         for _, labels in loader:
             seen += len(labels)
     return compiled_speed, seen / (time.perf_counter() - began)
+
+
+def one_seed(
+    args: argparse.Namespace, script: Path, work: Path, seed: int
+) -> list[tuple[str, dict[str, Any], float]]:
+    """Both scripts trained with `seed`, one after the other: (name, result, wall seconds)."""
+    out = work / f"run{seed}"
+    compiled, compiled_wall = run(
+        [
+            *(sys.executable, str(script), "--split", "test", "--epochs", str(args.epochs)),
+            *("--device", args.device, "--seed", str(seed), "--out", str(out)),
+        ],
+        f"compiled, seed {seed}",
+    )
+    if compiled.get("status") != "ok":
+        raise SystemExit(f"the compiled script failed: {compiled}")
+    baseline_command = [
+        sys.executable,
+        str(REPO / "bench" / "torchvision_baseline.py"),
+        "--epochs",
+        str(args.epochs),
+        "--device",
+        args.device,
+        "--seed",
+        str(seed),
+        "--precision",
+        args.precision,
+    ]
+    if args.subset:
+        baseline_command += ["--subset", str(args.subset)]
+    baseline_command += ["--width", str(args.width)]
+    baseline, baseline_wall = run(baseline_command, f"torchvision, seed {seed}")
+    return [
+        ("compiled script", compiled, compiled_wall),
+        ("torchvision DataLoader", baseline, baseline_wall),
+    ]
+
+
+def spread(values: list[float]) -> str:
+    """Mean and, over several values, the sample standard deviation."""
+    mean = statistics.fmean(values)
+    if len(values) < 2:
+        return f"{mean:.4f}"
+    return f"{mean:.4f} +- {statistics.stdev(values):.4f}"
 
 
 def main() -> None:
@@ -138,6 +215,7 @@ def main() -> None:
     parser.add_argument("--subset", type=int, help="training images (default: all 54,000)")
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--seeds", type=int, default=1, help="seeds 0..N-1, both scripts each")
     parser.add_argument(
         "--pipeline-epochs", type=int, default=1, help="epochs for timing the data pipelines alone"
     )
@@ -145,83 +223,75 @@ def main() -> None:
         "--width",
         type=int,
         default=None,
-        help="ResNet-8 width for both scripts (default: the spec's, 32); a lighter network "
+        help="ResNet-8 width for both scripts (default: the spec's); a lighter network "
         "shows how much the data pipeline matters once compute is cheaper",
+    )
+    parser.add_argument(
+        "--precision",
+        choices=("auto", "bf16"),
+        default=None,
+        help="the precision for both scripts (default: the spec's); auto is fp32 on the CPU, "
+        "bf16 trains under bf16 autocast on CUDA and on CPUs with native bf16",
+    )
+    parser.add_argument(
+        "--no-pipelines", action="store_true", help="skip timing the data pipelines alone"
     )
     args = parser.parse_args()
 
+    runs: list[tuple[int, str, dict[str, Any], float]] = []
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        script = compiled_script(args.spec, args.subset, work, args.width)
-        compiled, compiled_wall = run(
-            [
-                sys.executable,
-                str(script),
-                "--split",
-                "test",
-                "--epochs",
-                str(args.epochs),
-                "--device",
-                args.device,
-                "--out",
-                str(work / "run"),
-            ],
-            "compiled",
+        script, args.width, args.precision = compiled_script(
+            args.spec, args.subset, work, args.width, args.precision
         )
-        if compiled.get("status") != "ok":
-            raise SystemExit(f"the compiled script failed: {compiled}")
-        baseline_command = [
-            sys.executable,
-            str(REPO / "bench" / "torchvision_baseline.py"),
-            "--epochs",
-            str(args.epochs),
-            "--device",
-            args.device,
-        ]
-        if args.subset:
-            baseline_command += ["--subset", str(args.subset)]
-        if args.width:
-            baseline_command += ["--width", str(args.width)]
-        baseline, baseline_wall = run(baseline_command, "torchvision")
-        print("[pipelines] each data pipeline alone, no model", file=sys.stderr, flush=True)
-        pipe_compiled, pipe_baseline = pipeline_only(script, args.subset, args.pipeline_epochs)
+        for seed in range(args.seeds):
+            for name, result, wall in one_seed(args, script, work, seed):
+                runs.append((seed, name, result, wall))
+        if not args.no_pipelines:
+            print("[pipelines] each data pipeline alone, no model", file=sys.stderr, flush=True)
+            pipe_compiled, pipe_baseline = pipeline_only(script, args.subset, args.pipeline_epochs)
 
-    rows = [
-        (
-            "compiled script",
-            compiled["images_per_second"],
-            compiled["seconds"],
-            compiled_wall,
-            compiled["test_accuracy"],
-        ),
-        (
-            "torchvision DataLoader",
-            baseline["images_per_second"],
-            baseline["seconds"],
-            baseline_wall,
-            baseline["test_accuracy"],
-        ),
-    ]
     print(
         f"Fashion-MNIST, {args.subset or 'all'} training images, {args.epochs} epochs, "
-        f"ResNet-8 width {args.width or 32}, "
-        f"device {args.device}, {os.cpu_count()} CPU cores"
+        f"{args.spec.name}, ResNet-8 width {args.width}, precision {args.precision}, "
+        f"device {args.device}, {os.cpu_count()} CPU cores, seeds 0..{args.seeds - 1}"
     )
     print(
-        f"{'':24} {'train images/s':>15} {'train s':>9} {'wall s':>8} {'CPU s':>8} {'test acc':>9}"
+        f"{'':24} {'seed':>4} {'prec':>5} {'train images/s':>15} {'train s':>9} {'wall s':>8} "
+        f"{'CPU s':>8} {'test acc':>9}"
     )
-    for (name, speed, seconds, wall, accuracy), cpu in zip(
-        rows, (compiled["cpu_seconds"], baseline["cpu_seconds"]), strict=True
-    ):
-        print(f"{name:24} {speed:15,.0f} {seconds:9.1f} {wall:8.1f} {cpu:8.1f} {accuracy:9.4f}")
-    ratio = compiled["images_per_second"] / baseline["images_per_second"]
-    delta = 100 * (compiled["test_accuracy"] - baseline["test_accuracy"])
-    print(f"speed ratio (compiled / torchvision): {ratio:.2f}x")
-    print(f"test accuracy difference (compiled - torchvision): {delta:+.2f} points")
+    for seed, name, result, wall in runs:
+        print(
+            f"{name:24} {seed:4} {result['precision']:>5} {result['images_per_second']:15,.0f} "
+            f"{result['seconds']:9.1f} {wall:8.1f} {result['cpu_seconds']:8.1f} "
+            f"{result['test_accuracy']:9.4f}"
+        )
+    by_name: dict[str, list[dict[str, Any]]] = {}
+    for _, name, result, _ in runs:
+        by_name.setdefault(name, []).append(result)
+    compiled, baseline = by_name["compiled script"], by_name["torchvision DataLoader"]
+    ratios = [
+        c["images_per_second"] / b["images_per_second"]
+        for c, b in zip(compiled, baseline, strict=True)
+    ]
+    for name, results in by_name.items():
+        speeds = [r["images_per_second"] for r in results]
+        accuracy = spread([r["test_accuracy"] for r in results])
+        print(f"{name:24} mean images/s {statistics.fmean(speeds):,.0f}, test acc {accuracy}")
+    delta = 100 * (
+        statistics.fmean(c["test_accuracy"] for c in compiled)
+        - statistics.fmean(b["test_accuracy"] for b in baseline)
+    )
     print(
-        f"data pipeline alone, images/s: compiled {pipe_compiled:,.0f}, torchvision "
-        f"DataLoader {pipe_baseline:,.0f} ({pipe_compiled / pipe_baseline:.1f}x)"
+        f"speed ratio (compiled / torchvision): {statistics.fmean(ratios):.2f}x "
+        f"(per seed: {', '.join(f'{r:.2f}x' for r in ratios)})"
     )
+    print(f"test accuracy difference of the means (compiled - torchvision): {delta:+.2f} points")
+    if not args.no_pipelines:
+        print(
+            f"data pipeline alone, images/s: compiled {pipe_compiled:,.0f}, torchvision "
+            f"DataLoader {pipe_baseline:,.0f} ({pipe_compiled / pipe_baseline:.1f}x)"
+        )
 
 
 if __name__ == "__main__":
