@@ -12,13 +12,13 @@ augmenting, normalising, the training step), and the baseline's DataLoader worke
     python bench/throughput.py --spec specs/fashion_mnist_cpu.imp --epochs 3 --seeds 3
 
 prints both figures for each seed (both scripts take the same --seed, which seeds the weights
-and the order; the training images are the same), the mean ratio and the difference of the
-mean test accuracies, with each whole run's CPU seconds (user + system, DataLoader workers
-included; loading, training and evaluation), which depend less on other load on the machine
-than wall-clock figures do. It then times each data pipeline alone, without the model (batches
-fetched, augmented and normalised for one epoch, in this process, after both runs): where the
-model's compute dominates, as for this network on a CPU, that shows how much of the difference
-the data pipeline can make at most.
+and the order, and train on the same images: the baseline is handed the compiled script's),
+the mean ratio and the difference of the mean test accuracies, with each whole run's CPU
+seconds (user + system, DataLoader workers included; loading, training and evaluation), which
+depend less on other load on the machine than wall-clock figures do. It then times each data
+pipeline alone, without the model (batches fetched, augmented and normalised for one epoch, in
+this process, after both runs): where the model's compute dominates, as for this network on a
+CPU, that shows how much of the difference the data pipeline can make at most.
 """
 
 from __future__ import annotations
@@ -73,8 +73,9 @@ def run(command: list[str], label: str) -> tuple[dict[str, Any], float]:
     if proc.returncode != 0:
         raise SystemExit(f"{label} failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
     # The compiled script names its precision in its start event, the baseline in its result.
-    precision = first_event(proc.stdout, "start").get("precision", "?")
-    result = {"precision": precision, **last_json(proc.stdout)}
+    start = first_event(proc.stdout, "start")
+    result = {"precision": start.get("precision", "?"), **last_json(proc.stdout)}
+    result.setdefault("train_size", start.get("train_size"))
     return {**result, "cpu_seconds": cpu_seconds() - cpu}, wall
 
 
@@ -138,6 +139,25 @@ def import_file(path: Path, name: str) -> Any:
     return module
 
 
+def training_images(script: Path, work: Path) -> tuple[Path, int]:
+    """The compiled script's training images, as indices into the IDX training file, saved
+    for the baseline (so that both train on the same images and any accuracy difference is
+    the scripts', not two samples'); the file and the number of images."""
+    import numpy as np
+    import torch
+
+    compiled = import_file(script, "bench_compiled_split")
+    pool, _, _ = compiled.load_source(None)
+    _, index = compiled.validation_split(pool.labels)
+    subset = getattr(compiled, "SUBSET", None)
+    if subset is not None and subset < len(index):
+        generator = torch.Generator().manual_seed(compiled.VALIDATION_SEED)
+        index = index[compiled.stratified_take(pool.labels[index], subset, generator)]
+    path = work / "train_index.npy"
+    np.save(path, index.numpy())
+    return path, len(index)
+
+
 def pipeline_only(script: Path, subset: int | None, epochs: int) -> tuple[float, float]:
     """Images/s of each data pipeline alone on the CPU: (compiled, torchvision DataLoader)."""
     import torch
@@ -179,6 +199,11 @@ def one_seed(
     )
     if compiled.get("status") != "ok":
         raise SystemExit(f"the compiled script failed: {compiled}")
+    if compiled["train_size"] != args.train_size:
+        raise SystemExit(
+            f"the compiled script trained on {compiled['train_size']} images, "
+            f"expected {args.train_size}"
+        )
     baseline_command = [
         sys.executable,
         str(REPO / "bench" / "torchvision_baseline.py"),
@@ -191,9 +216,7 @@ def one_seed(
         "--precision",
         args.precision,
     ]
-    if args.subset:
-        baseline_command += ["--subset", str(args.subset)]
-    baseline_command += ["--width", str(args.width)]
+    baseline_command += ["--width", str(args.width), "--train-index", str(args.train_index)]
     baseline, baseline_wall = run(baseline_command, f"torchvision, seed {seed}")
     return [
         ("compiled script", compiled, compiled_wall),
@@ -244,6 +267,7 @@ def main() -> None:
         script, args.width, args.precision = compiled_script(
             args.spec, args.subset, work, args.width, args.precision
         )
+        args.train_index, args.train_size = training_images(script, work)
         for seed in range(args.seeds):
             for name, result, wall in one_seed(args, script, work, seed):
                 runs.append((seed, name, result, wall))

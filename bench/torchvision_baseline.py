@@ -120,19 +120,25 @@ class ResNet8(nn.Module):
 
 
 def build_data(
-    root: Path, subset: int | None, workers: int, *, pin_memory: bool = False
+    root: Path,
+    subset: int | None,
+    workers: int,
+    *,
+    pin_memory: bool = False,
+    train_index: np.ndarray | None = None,
 ) -> tuple[FashionMNIST, FashionMNIST, DataLoader[tuple[Tensor, int]]]:
-    """The training set (a seeded stratified 10% held out, then --subset), the test set and
-    the training DataLoader."""
+    """The training set (a seeded stratified 10% held out, then --subset; or the images
+    `train_index` names), the test set and the training DataLoader."""
     images = read_idx(root / "train-images-idx3-ubyte.gz")
     labels = read_idx(root / "train-labels-idx1-ubyte.gz").astype(np.int64)
     test_images = read_idx(root / "t10k-images-idx3-ubyte.gz")
     test_labels = read_idx(root / "t10k-labels-idx1-ubyte.gz").astype(np.int64)
-    rng = np.random.default_rng(0)  # the same images for every seed, as in the compiled script
-    held_out = stratified(labels, round(VALIDATION_FRACTION * len(labels)), rng)
-    train_index = np.setdiff1d(np.arange(len(labels)), held_out)
-    if subset and subset < len(train_index):
-        train_index = train_index[stratified(labels[train_index], subset, rng)]
+    if train_index is None:
+        rng = np.random.default_rng(0)  # the same images whatever the seed
+        held_out = stratified(labels, round(VALIDATION_FRACTION * len(labels)), rng)
+        train_index = np.setdiff1d(np.arange(len(labels)), held_out)
+        if subset and subset < len(train_index):
+            train_index = train_index[stratified(labels[train_index], subset, rng)]
     train_images, train_labels = images[train_index], labels[train_index]
     pixels = train_images.astype(np.float32) / 255
     mean, std = float(pixels.mean()), float(pixels.std())
@@ -175,6 +181,12 @@ def main() -> None:
     parser.add_argument("--width", type=int, default=32, help="ResNet-8 width (the spec's: 32)")
     parser.add_argument("--data-root", type=Path, default=DATA)
     parser.add_argument(
+        "--train-index",
+        type=Path,
+        help="a .npy of indices into the training file: train on exactly these images "
+        "(bench/throughput.py passes the compiled script's, so both see the same images)",
+    )
+    parser.add_argument(
         "--precision",
         choices=("auto", "bf16"),
         default="auto",
@@ -189,7 +201,11 @@ def main() -> None:
     torch.manual_seed(args.seed)
 
     train_set, test_set, loader = build_data(
-        args.data_root, args.subset, args.workers, pin_memory=cuda
+        args.data_root,
+        args.subset,
+        args.workers,
+        pin_memory=cuda,
+        train_index=np.load(args.train_index) if args.train_index else None,
     )
 
     memory_format = torch.channels_last if cuda else torch.contiguous_format
