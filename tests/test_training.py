@@ -527,9 +527,7 @@ def test_ema_averages_the_weights_and_trains(
     assert result.ok and result.result["val_accuracy"] > 0.8
 
 
-def test_fp16_falls_back_to_fp32_on_cpu(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_fp16_falls_back_to_fp32_on_cpu(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     result = run(tmp_path, capsys, precision="fp16", extra="clip_grad_norm = 5.0", epochs="2")
     assert result.ok, result.result
     assert "precision fp16 needs CUDA; training in fp32 on cpu" in result.stderr
