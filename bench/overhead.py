@@ -34,6 +34,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -136,6 +137,7 @@ def _train_seconds(out_dir: Path) -> float:
 
 def cached_repeat(iters: int, threads: int) -> dict[str, Any]:
     from improve_dsl.refine import loop
+    from improve_dsl.refine.options import RefineOptions
 
     with tempfile.TemporaryDirectory() as tmp:
         spec = Path(tmp) / "digits.imp"
@@ -144,7 +146,7 @@ def cached_repeat(iters: int, threads: int) -> dict[str, Any]:
         walls: list[float] = []
         for name in ("first", "repeat"):
             spec.write_text(start, encoding="utf-8")  # the first run wrote its best spec back
-            options = loop.RefineOptions(
+            options = RefineOptions(
                 iters=iters,
                 expert="heuristic",
                 device="cpu",
@@ -184,7 +186,7 @@ def cached_repeat(iters: int, threads: int) -> dict[str, Any]:
 
 
 def cold_cli(repeats: int) -> dict[str, Any]:
-    rows: dict[str, dict[str, float]] = {}
+    rows: dict[str, dict[str, float | str]] = {}
     with tempfile.TemporaryDirectory() as tmp:
         for spec in sorted((REPO / "specs").glob("*.imp")):
             out = str(Path(tmp) / f"{spec.stem}.py")
@@ -200,9 +202,9 @@ def cold_cli(repeats: int) -> dict[str, Any]:
                 rows[spec.name] = {"error": first[0] if first else f"exit {probe.returncode}"}
                 continue
             rows[spec.name] = {
-                "check": median_of(repeats, lambda s=spec: wall([IMPROVE, "check", str(s)])),
+                "check": median_of(repeats, partial(wall, [IMPROVE, "check", str(spec)])),
                 "compile": median_of(
-                    repeats, lambda s=spec, o=out: wall([IMPROVE, "compile", str(s), "-o", o])
+                    repeats, partial(wall, [IMPROVE, "compile", str(spec), "-o", out])
                 ),
             }
     return {

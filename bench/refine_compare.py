@@ -51,6 +51,7 @@ from improve_dsl import registry  # noqa: E402
 from improve_dsl.refine import loop  # noqa: E402
 from improve_dsl.refine.expert import Context, Proposal, Selection  # noqa: E402
 from improve_dsl.refine.live import PlainReporter  # noqa: E402
+from improve_dsl.refine.options import RefineOptions  # noqa: E402
 
 STRATEGIES = ("iterative", "all-at-once", "zero-shot", "random", "optuna")
 SPEC = REPO / "specs" / "fashion_mnist_quick.imp"
@@ -154,7 +155,7 @@ def run_one(strategy: str, seed: int, args: argparse.Namespace, log: Any) -> dic
     run_dir = folder / "quick.improve" / strategy
     if run_dir.exists():
         shutil.rmtree(run_dir)  # a run cut short is redone whole (the cache keeps its work)
-    options = loop.RefineOptions(
+    options = RefineOptions(
         iters=args.iters,
         expert="heuristic",
         select="analyst",  # heuristic and optuna: no analyst, so the diagnosis selects

@@ -317,13 +317,8 @@ def cmd_refine(args: argparse.Namespace) -> int:
 
     from .executors.ray_executor import RayUnavailable
     from .refine.live import make_reporter
-    from .refine.loop import (
-        RESUMABLE,
-        RefineError,
-        RefineInterrupted,
-        RefineOptions,
-        refine,
-    )
+    from .refine.loop import RESUMABLE, refine
+    from .refine.options import RefineError, RefineInterrupted, RefineOptions
 
     if args.spec is None and args.resume is None:
         raise UsageError("give a SPEC to refine, or --resume RUN_DIR")

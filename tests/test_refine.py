@@ -14,7 +14,8 @@ import pytest
 from improve_dsl import diff, validate
 from improve_dsl.journal import RECORD_FIELDS, RunDir
 from improve_dsl.refine.live import NullReporter
-from improve_dsl.refine.loop import RefineOptions, RefineResult, refine
+from improve_dsl.refine.loop import refine
+from improve_dsl.refine.options import RefineOptions, RefineResult
 
 ROOT = Path(__file__).resolve().parent.parent
 DIGITS = (ROOT / "specs" / "digits.imp").read_text()

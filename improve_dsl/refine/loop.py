@@ -23,15 +23,12 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import difflib
 import json
 import math
-import os
 import shutil
 import statistics
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -49,296 +46,23 @@ from ..journal import (
     runs_root,
     sha256_text,
 )
-from ..run import RunResult
 from ..syntax import read_spec_text
 from . import edit
 from .expert import Attempt, Context, Expert, ExpertError, NoMoreMoves, Proposal
 from .gitlog import GitError, git_commit, git_root
 from .live import NullReporter, Reporter, RunInfo, Summary
-from .select import SELECTORS, Choice, choose_block
+from .options import (
+    RefineError,
+    RefineInterrupted,
+    RefineOptions,
+    RefineResult,
+    make_expert,
+)
+from .select import Choice, choose_block
+from .state import Candidate, Incumbent, SeedRun, compile_script, mean_or_none, unified_diff
 
-STRATEGIES = ("iterative", "all-at-once")
 MAX_RETRIES = 3  # refused replies fed back before an attempt counts as invalid
 STATE_VERSION = 1
-
-
-class RefineError(Exception):
-    """A problem the user must fix (bad flags, not a git repository, unusable run folder)."""
-
-
-class RefineInterrupted(Exception):
-    """Ctrl-C: the state is saved and the run can be resumed from ``run_dir``."""
-
-    def __init__(self, run_dir: Path) -> None:
-        super().__init__(f"interrupted; resume with: improve refine --resume {run_dir}")
-        self.run_dir = run_dir
-
-
-@dataclass
-class RefineOptions:
-    """The flags of ``improve refine`` (see ``improve refine --help``)."""
-
-    iters: int = 10
-    expert: str | None = None  # heuristic | openai[:MODEL] | replay:FILE; None: by API key
-    base_url: str | None = None
-    select: str = "analyst"
-    strategy: str = "iterative"
-    zero_shot: bool = False
-    seeds: int = 1
-    min_delta: float = 0.0
-    parallel: int = 1
-    timeout: float | None = None  # seconds per training run
-    budget_minutes: float | None = None
-    max_cost: float | None = None
-    run_dir: Path | None = None
-    resume: Path | None = None
-    git: bool = False
-    prune: bool = True
-    prune_margin: float = 0.1
-    device: str = "auto"
-    test: bool = True
-    threads: int | None = None
-    executor: str = "local"
-    ray_address: str | None = None  # --executor ray: the cluster to join (None: local/env)
-    expert_seed: int = 0
-
-    def check(self) -> None:
-        """Raise RefineError for values that make no sense."""
-        if self.iters < 0:
-            raise RefineError("--iters must be 0 or more")
-        if self.seeds < 1:
-            raise RefineError("--seeds must be at least 1")
-        if self.parallel < 1:
-            raise RefineError("--parallel must be at least 1")
-        if self.select not in SELECTORS:
-            raise RefineError(f"--select must be one of {', '.join(SELECTORS)}")
-        if self.strategy not in STRATEGIES:
-            raise RefineError(f"--strategy must be one of {', '.join(STRATEGIES)}")
-        if self.min_delta < 0:
-            raise RefineError("--min-delta must be 0 or more")
-        if self.timeout is not None and self.timeout <= 0:
-            raise RefineError("--timeout must be positive")
-        if self.budget_minutes is not None and self.budget_minutes <= 0:
-            raise RefineError("--budget-minutes must be positive")
-        if self.max_cost is not None and self.max_cost < 0:
-            raise RefineError("--max-cost must be 0 or more")
-
-    def to_json(self) -> dict[str, Any]:
-        value = dataclasses.asdict(self)
-        for key in ("run_dir", "resume"):
-            if value[key] is not None:
-                value[key] = str(value[key])
-        return value
-
-    @classmethod
-    def from_json(cls, value: Mapping[str, Any]) -> RefineOptions:
-        names = {f.name for f in dataclasses.fields(cls)}
-        known = {k: v for k, v in value.items() if k in names}
-        for key in ("run_dir", "resume"):
-            if known.get(key) is not None:
-                known[key] = Path(known[key])
-        return cls(**known)
-
-
-@dataclass
-class RefineResult:
-    """How a run ended."""
-
-    run_dir: Path
-    spec_path: Path
-    metric_name: str
-    start_metric: float | None
-    best_metric: float | None
-    best_iteration: int
-    best_spec: Path
-    test_metric: float | None
-    records: list[Record]
-    stopped: str
-    spec_updated: bool
-    user_modified: bool
-
-    @property
-    def gain(self) -> float | None:
-        if self.start_metric is None or self.best_metric is None:
-            return None
-        return self.best_metric - self.start_metric
-
-
-# ---------------------------------------------------------------- experts
-
-
-def default_expert(base_url: str | None = None) -> str:
-    """``openai`` when an API key (or a server) is configured, else ``heuristic``."""
-    if os.environ.get("OPENAI_API_KEY") or base_url:
-        return "openai"
-    return "heuristic"
-
-
-def make_expert(
-    spec: str | None,
-    *,
-    base_url: str | None = None,
-    seed: int = 0,
-    max_cost: float | None = None,
-) -> Expert:
-    """The expert named by ``--expert`` (heuristic, openai[:MODEL], replay:FILE)."""
-    spec = spec or default_expert(base_url)
-    try:
-        if spec == "heuristic":
-            from .heuristic import HeuristicExpert
-
-            return HeuristicExpert(seed)
-        if spec.startswith("replay:"):
-            from .replay_expert import ReplayExpert
-
-            path = spec.split(":", 1)[1]
-            if not path:
-                raise RefineError("--expert replay:FILE needs a file")
-            return ReplayExpert(path)
-        if spec == "openai" or spec.startswith("openai:"):
-            from . import openai_expert
-
-            model = spec.partition(":")[2] or str(
-                getattr(openai_expert, "DEFAULT_MODEL", "gpt-5-mini")
-            )
-            return openai_expert.OpenAIExpert(model, base_url=base_url, max_cost=max_cost)
-    except ExpertError as exc:
-        raise RefineError(str(exc)) from None
-    raise RefineError(f"unknown expert {spec!r}; choose heuristic, openai[:MODEL] or replay:FILE")
-
-
-# ---------------------------------------------------------------- pieces of state
-
-
-@dataclass
-class SeedRun:
-    """One seed's training run of a candidate (or its cached result)."""
-
-    seed: int
-    status: str  # a RunResult status
-    metric: float | None
-    history: list[dict[str, Any]]
-    reason: str | None
-    seconds: float
-    cached: bool = False
-    batch_size: int | None = None  # the batch actually used, after an out-of-memory retry
-
-    @classmethod
-    def of(cls, seed: int, result: RunResult, batch_size: int | None) -> SeedRun:
-        return cls(
-            seed,
-            result.status,
-            result.metric,
-            list(result.history),
-            result.reason,
-            result.seconds,
-            False,
-            batch_size,
-        )
-
-    def to_cache(self) -> dict[str, Any]:
-        return {
-            "status": self.status,
-            "metric": self.metric,
-            "history": self.history,
-            "reason": self.reason,
-            "seconds": self.seconds,
-        }
-
-
-@dataclass
-class Incumbent:
-    """The best spec so far and its scores."""
-
-    iteration: int
-    text: str
-    metric: float | None
-    metrics: list[float | None]
-    curves: list[dict[str, Any]]
-
-    @property
-    def noise(self) -> float:
-        values = [m for m in self.metrics if m is not None]
-        return statistics.stdev(values) if len(values) > 1 else 0.0
-
-    def curve_at(self, metric_key: str) -> dict[int, float]:
-        points: dict[int, float] = {}
-        for event in self.curves:
-            epoch, value = event.get("epoch"), event.get(metric_key)
-            if isinstance(epoch, int) and isinstance(value, (int, float)):
-                points[epoch] = float(value)
-        return points
-
-
-@dataclass
-class Candidate:
-    """A checked proposal waiting to be trained (or an invalid one waiting to be recorded)."""
-
-    iteration: int
-    blocks: tuple[str, ...]
-    label: str  # the block name, or "all"
-    text: str | None  # the merged spec; None when invalid
-    script: str | None
-    proposal: Proposal | None
-    choice: Choice | None
-    tokens: int
-    cost_usd: float
-    propose_seconds: float
-    retries: int
-    feedback: str | None = None
-    reply: str = ""
-    runs: list[SeedRun] = field(default_factory=list)
-    run_seconds: float = 0.0
-    pruned_at: int | None = None
-
-    @property
-    def valid(self) -> bool:
-        return self.text is not None
-
-    def attempt(self, incumbent_metric: float | None) -> Attempt:
-        """As the expert sees it while it is still running."""
-        return Attempt(
-            self.iteration,
-            self.label,
-            "pending",
-            None,
-            incumbent_metric,
-            "",
-            self.proposal.rationale if self.proposal else "",
-            self.proposal.move if self.proposal else "",
-        )
-
-
-def _mean(values: Sequence[float]) -> float | None:
-    return sum(values) / len(values) if values else None
-
-
-def unified_diff(before: str, after: str, iteration: int) -> str:
-    return "".join(
-        difflib.unified_diff(
-            before.splitlines(keepends=True),
-            after.splitlines(keepends=True),
-            fromfile="incumbent",
-            tofile=f"iteration {iteration}",
-        )
-    )
-
-
-def compile_script(text: str, path: str, cache: ResultCache | None = None) -> str:
-    """The training script of a spec, after the compile-time checks.
-
-    With a cache, a spec text compiled before (same compiler fingerprint) is not compiled
-    again: a repeated proposal then costs a file read, not a render and a model check."""
-    from ..compiler import compile_spec, fingerprint
-
-    if cache is not None:
-        known = cache.script(text, path, fingerprint())
-        if known is not None:
-            return known
-    script = str(compile_spec(Path(path), text=text, check_shapes=True).script)
-    if cache is not None:
-        cache.put_script(text, path, fingerprint(), script)
-    return script
 
 
 # ---------------------------------------------------------------- the loop
@@ -572,7 +296,7 @@ class Refiner:
         runs = candidate.runs
         metrics = [r.metric for r in runs]
         ok = all(r.status == "ok" for r in runs)
-        metric = _mean([m for m in metrics if m is not None]) if ok else None
+        metric = mean_or_none([m for m in metrics if m is not None]) if ok else None
         extras = self._extras(candidate)
         record = Record(
             iteration=0,
@@ -908,7 +632,7 @@ class Refiner:
             runs = candidate.runs
             ok = [r.metric for r in runs if r.status == "ok" and r.metric is not None]
             if len(ok) == len(runs) and runs:
-                metric = _mean(ok)
+                metric = mean_or_none(ok)
                 assert metric is not None
                 outcomes[candidate.iteration] = ("scored", metric)
                 if self._beats(metric, incumbent):
@@ -918,9 +642,9 @@ class Refiner:
             ):
                 last = [r.history[-1].get(self.metric_key) for r in runs if r.history]
                 values = [float(v) for v in last if isinstance(v, (int, float))]
-                outcomes[candidate.iteration] = ("pruned", _mean(values))
+                outcomes[candidate.iteration] = ("pruned", mean_or_none(values))
             else:
-                outcomes[candidate.iteration] = ("failed", _mean(ok))
+                outcomes[candidate.iteration] = ("failed", mean_or_none(ok))
         best = max(winners, key=lambda w: w[0])[1] if winners else None
         for candidate in round_:
             kind, metric = outcomes[candidate.iteration]

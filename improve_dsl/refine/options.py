@@ -1,0 +1,164 @@
+"""What ``improve refine`` is asked to do (RefineOptions), what it reports back
+(RefineResult), its errors, and the expert that ``--expert`` names."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..journal import (
+    Record,
+)
+from .expert import Expert, ExpertError
+from .select import SELECTORS
+
+STRATEGIES = ("iterative", "all-at-once")
+
+
+class RefineError(Exception):
+    """A problem the user must fix (bad flags, not a git repository, unusable run folder)."""
+
+
+class RefineInterrupted(Exception):
+    """Ctrl-C: the state is saved and the run can be resumed from ``run_dir``."""
+
+    def __init__(self, run_dir: Path) -> None:
+        super().__init__(f"interrupted; resume with: improve refine --resume {run_dir}")
+        self.run_dir = run_dir
+
+
+@dataclass
+class RefineOptions:
+    """The flags of ``improve refine`` (see ``improve refine --help``)."""
+
+    iters: int = 10
+    expert: str | None = None  # heuristic | openai[:MODEL] | replay:FILE; None: by API key
+    base_url: str | None = None
+    select: str = "analyst"
+    strategy: str = "iterative"
+    zero_shot: bool = False
+    seeds: int = 1
+    min_delta: float = 0.0
+    parallel: int = 1
+    timeout: float | None = None  # seconds per training run
+    budget_minutes: float | None = None
+    max_cost: float | None = None
+    run_dir: Path | None = None
+    resume: Path | None = None
+    git: bool = False
+    prune: bool = True
+    prune_margin: float = 0.1
+    device: str = "auto"
+    test: bool = True
+    threads: int | None = None
+    executor: str = "local"
+    ray_address: str | None = None  # --executor ray: the cluster to join (None: local/env)
+    expert_seed: int = 0
+
+    def check(self) -> None:
+        """Raise RefineError for values that make no sense."""
+        if self.iters < 0:
+            raise RefineError("--iters must be 0 or more")
+        if self.seeds < 1:
+            raise RefineError("--seeds must be at least 1")
+        if self.parallel < 1:
+            raise RefineError("--parallel must be at least 1")
+        if self.select not in SELECTORS:
+            raise RefineError(f"--select must be one of {', '.join(SELECTORS)}")
+        if self.strategy not in STRATEGIES:
+            raise RefineError(f"--strategy must be one of {', '.join(STRATEGIES)}")
+        if self.min_delta < 0:
+            raise RefineError("--min-delta must be 0 or more")
+        if self.timeout is not None and self.timeout <= 0:
+            raise RefineError("--timeout must be positive")
+        if self.budget_minutes is not None and self.budget_minutes <= 0:
+            raise RefineError("--budget-minutes must be positive")
+        if self.max_cost is not None and self.max_cost < 0:
+            raise RefineError("--max-cost must be 0 or more")
+
+    def to_json(self) -> dict[str, Any]:
+        value = dataclasses.asdict(self)
+        for key in ("run_dir", "resume"):
+            if value[key] is not None:
+                value[key] = str(value[key])
+        return value
+
+    @classmethod
+    def from_json(cls, value: Mapping[str, Any]) -> RefineOptions:
+        names = {f.name for f in dataclasses.fields(cls)}
+        known = {k: v for k, v in value.items() if k in names}
+        for key in ("run_dir", "resume"):
+            if known.get(key) is not None:
+                known[key] = Path(known[key])
+        return cls(**known)
+
+
+@dataclass
+class RefineResult:
+    """How a run ended."""
+
+    run_dir: Path
+    spec_path: Path
+    metric_name: str
+    start_metric: float | None
+    best_metric: float | None
+    best_iteration: int
+    best_spec: Path
+    test_metric: float | None
+    records: list[Record]
+    stopped: str
+    spec_updated: bool
+    user_modified: bool
+
+    @property
+    def gain(self) -> float | None:
+        if self.start_metric is None or self.best_metric is None:
+            return None
+        return self.best_metric - self.start_metric
+
+
+# ---------------------------------------------------------------- experts
+
+
+def default_expert(base_url: str | None = None) -> str:
+    """``openai`` when an API key (or a server) is configured, else ``heuristic``."""
+    if os.environ.get("OPENAI_API_KEY") or base_url:
+        return "openai"
+    return "heuristic"
+
+
+def make_expert(
+    spec: str | None,
+    *,
+    base_url: str | None = None,
+    seed: int = 0,
+    max_cost: float | None = None,
+) -> Expert:
+    """The expert named by ``--expert`` (heuristic, openai[:MODEL], replay:FILE)."""
+    spec = spec or default_expert(base_url)
+    try:
+        if spec == "heuristic":
+            from .heuristic import HeuristicExpert
+
+            return HeuristicExpert(seed)
+        if spec.startswith("replay:"):
+            from .replay_expert import ReplayExpert
+
+            path = spec.split(":", 1)[1]
+            if not path:
+                raise RefineError("--expert replay:FILE needs a file")
+            return ReplayExpert(path)
+        if spec == "openai" or spec.startswith("openai:"):
+            from . import openai_expert
+
+            model = spec.partition(":")[2] or str(
+                getattr(openai_expert, "DEFAULT_MODEL", "gpt-5-mini")
+            )
+            return openai_expert.OpenAIExpert(model, base_url=base_url, max_cost=max_cost)
+    except ExpertError as exc:
+        raise RefineError(str(exc)) from None
+    raise RefineError(f"unknown expert {spec!r}; choose heuristic, openai[:MODEL] or replay:FILE")

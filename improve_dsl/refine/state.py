@@ -1,0 +1,149 @@
+"""The refine loop's pieces of state: a seed's run, the incumbent, a candidate; and the
+helpers that turn spec text into a diff and a checked training script."""
+
+from __future__ import annotations
+
+import difflib
+import statistics
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..journal import (
+    ResultCache,
+)
+from ..run import RunResult
+from .expert import Attempt, Proposal
+from .select import Choice
+
+
+@dataclass
+class SeedRun:
+    """One seed's training run of a candidate (or its cached result)."""
+
+    seed: int
+    status: str  # a RunResult status
+    metric: float | None
+    history: list[dict[str, Any]]
+    reason: str | None
+    seconds: float
+    cached: bool = False
+    batch_size: int | None = None  # the batch actually used, after an out-of-memory retry
+
+    @classmethod
+    def of(cls, seed: int, result: RunResult, batch_size: int | None) -> SeedRun:
+        return cls(
+            seed,
+            result.status,
+            result.metric,
+            list(result.history),
+            result.reason,
+            result.seconds,
+            False,
+            batch_size,
+        )
+
+    def to_cache(self) -> dict[str, Any]:
+        return {
+            "status": self.status,
+            "metric": self.metric,
+            "history": self.history,
+            "reason": self.reason,
+            "seconds": self.seconds,
+        }
+
+
+@dataclass
+class Incumbent:
+    """The best spec so far and its scores."""
+
+    iteration: int
+    text: str
+    metric: float | None
+    metrics: list[float | None]
+    curves: list[dict[str, Any]]
+
+    @property
+    def noise(self) -> float:
+        values = [m for m in self.metrics if m is not None]
+        return statistics.stdev(values) if len(values) > 1 else 0.0
+
+    def curve_at(self, metric_key: str) -> dict[int, float]:
+        points: dict[int, float] = {}
+        for event in self.curves:
+            epoch, value = event.get("epoch"), event.get(metric_key)
+            if isinstance(epoch, int) and isinstance(value, (int, float)):
+                points[epoch] = float(value)
+        return points
+
+
+@dataclass
+class Candidate:
+    """A checked proposal waiting to be trained (or an invalid one waiting to be recorded)."""
+
+    iteration: int
+    blocks: tuple[str, ...]
+    label: str  # the block name, or "all"
+    text: str | None  # the merged spec; None when invalid
+    script: str | None
+    proposal: Proposal | None
+    choice: Choice | None
+    tokens: int
+    cost_usd: float
+    propose_seconds: float
+    retries: int
+    feedback: str | None = None
+    reply: str = ""
+    runs: list[SeedRun] = field(default_factory=list)
+    run_seconds: float = 0.0
+    pruned_at: int | None = None
+
+    @property
+    def valid(self) -> bool:
+        return self.text is not None
+
+    def attempt(self, incumbent_metric: float | None) -> Attempt:
+        """As the expert sees it while it is still running."""
+        return Attempt(
+            self.iteration,
+            self.label,
+            "pending",
+            None,
+            incumbent_metric,
+            "",
+            self.proposal.rationale if self.proposal else "",
+            self.proposal.move if self.proposal else "",
+        )
+
+
+def mean_or_none(values: Sequence[float]) -> float | None:
+    return sum(values) / len(values) if values else None
+
+
+def unified_diff(before: str, after: str, iteration: int) -> str:
+    return "".join(
+        difflib.unified_diff(
+            before.splitlines(keepends=True),
+            after.splitlines(keepends=True),
+            fromfile="incumbent",
+            tofile=f"iteration {iteration}",
+        )
+    )
+
+
+def compile_script(text: str, path: str, cache: ResultCache | None = None) -> str:
+    """The training script of a spec, after the compile-time checks.
+
+    With a cache, a spec text compiled before (same compiler fingerprint) is not compiled
+    again: a repeated proposal then costs a file read, not a render and a model check."""
+    from ..compiler import compile_spec, fingerprint
+
+    if cache is not None:
+        known = cache.script(text, path, fingerprint())
+        if known is not None:
+            return known
+    script = str(compile_spec(Path(path), text=text, check_shapes=True).script)
+    if cache is not None:
+        cache.put_script(text, path, fingerprint(), script)
+    return script
