@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from .journal import RECORD_FIELDS
+from .refine.live import fmt_delta, fmt_metric
 
 STATUSES = ("baseline", "accepted", "rejected", "invalid", "failed", "pruned", "cached")
 
@@ -219,16 +220,6 @@ def incumbent_trace(attempts: Sequence[Attempt]) -> list[float | None]:
             current = attempt.metric
         trace.append(current)
     return trace
-
-
-def _fmt_metric(value: float | None) -> str:
-    return "—" if value is None else f"{value:.4f}"
-
-
-def _fmt_delta(value: float | None, reference: float | None) -> str:
-    if value is None or reference is None:
-        return ""
-    return f"{value - reference:+.4f}"
 
 
 def _fmt_seconds(seconds: float) -> str:
@@ -453,7 +444,7 @@ def _delta_html(value: float | None, reference: float | None) -> str:
         return ""
     delta = round(value - reference, 4)  # the precision shown: +0.0000 is no change
     cls = "pos" if delta > 0 else "neg" if delta < 0 else "muted"
-    return f'<span class="{cls}">{_e(_fmt_delta(value, reference))}</span>'
+    return f'<span class="{cls}">{_e(fmt_delta(value, reference))}</span>'
 
 
 def render_html(
@@ -502,10 +493,10 @@ def render_html(
     # ---- summary
     gain = _delta_html(best, baseline)
     cards = [
-        _card("baseline", _e(_fmt_metric(baseline)), _e(metric_label)),
+        _card("baseline", _e(fmt_metric(baseline)), _e(metric_label)),
         _card(
             "best",
-            _e(_fmt_metric(best)),
+            _e(fmt_metric(best)),
             f"{_e(metric_label)}" + (f"<br>{gain} over baseline" if gain else ""),
         ),
     ]
@@ -514,7 +505,7 @@ def render_html(
         cards.append(
             _card(
                 f"test {metric_name}".strip(),
-                _e(_fmt_metric(test)),
+                _e(fmt_metric(test)),
                 "scored once on the held-out test split after refinement; never used to choose",
                 "test",
             )
@@ -574,7 +565,7 @@ def render_html(
         add(
             f'<tr><td class="num"><a href="#attempt-{index}">{_e(a.iteration)}</a></td>'
             f"<td><code>{_e(a.block)}</code></td><td>{_badge(a.status)}</td>"
-            f'<td class="num">{_e(_fmt_metric(a.metric))}</td>'
+            f'<td class="num">{_e(fmt_metric(a.metric))}</td>'
             f'<td class="num">{_delta_html(a.metric, before) if a.status != "baseline" else ""}'
             f'</td><td class="num">{_e(_fmt_seconds(a.seconds))}</td>'
             f'<td class="num">{_e(_fmt_cost(a.cost_usd))}</td>'
@@ -595,9 +586,9 @@ def render_html(
             if a.incumbent_metric is not None
             else (trace[index - 1] if index else None)
         )
-        score = _e(_fmt_metric(a.metric))
+        score = _e(fmt_metric(a.metric))
         if a.status != "baseline" and before is not None and a.metric is not None:
-            score += f" ({_delta_html(a.metric, before)} vs {_e(_fmt_metric(before))})"
+            score += f" ({_delta_html(a.metric, before)} vs {_e(fmt_metric(before))})"
         meta = [
             f"<span>{metric_label} {score}</span>",
             f"<span>{_e(_fmt_seconds(a.seconds))}</span>",
