@@ -469,6 +469,23 @@ def refine_args(tmp_path: Path, cluster: str, *extra: str) -> list[str]:
     ]
 
 
+def start_refine(tmp_path: Path, cluster: str, run_dir: Path) -> subprocess.Popen[str]:
+    """`improve refine --iters 2` on the cluster, in the background, its output piped."""
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "improve_dsl.cli",
+            *refine_args(tmp_path, cluster, "--iters", "2", "--run-dir", str(run_dir)),
+        ],
+        cwd=REPO,
+        env=dict(os.environ, RAY_AUTH_MODE="disabled"),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
 def journal(run_dir: Path) -> list[dict[str, Any]]:
     return _json_lines(run_dir / "journal.jsonl")
 
@@ -508,20 +525,7 @@ def test_refine_on_ray_with_two_seeds_at_once(cluster: str, tmp_path: Path) -> N
 @pytest.mark.slow
 def test_refine_records_a_killed_run_as_failed_and_goes_on(cluster: str, tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
-    env = dict(os.environ, RAY_AUTH_MODE="disabled")
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "improve_dsl.cli",
-            *refine_args(tmp_path, cluster, "--iters", "2", "--run-dir", str(run_dir)),
-        ],
-        cwd=REPO,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    process = start_refine(tmp_path, cluster, run_dir)
     try:
         # The baseline's run comes first; kill the next one (iteration 1) while it trains.
         baseline = wait_for(training_processes, 120)[0].pid
@@ -542,20 +546,7 @@ def test_refine_records_a_killed_run_as_failed_and_goes_on(cluster: str, tmp_pat
 @pytest.mark.slow
 def test_ctrl_c_cancels_tasks_and_resume_finishes_on_ray(cluster: str, tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
-    env = dict(os.environ, RAY_AUTH_MODE="disabled")
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "improve_dsl.cli",
-            *refine_args(tmp_path, cluster, "--iters", "2", "--run-dir", str(run_dir)),
-        ],
-        cwd=REPO,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    process = start_refine(tmp_path, cluster, run_dir)
     try:
         # Interrupt while the last iteration trains (0 and 1 are in the journal).
         wait_for(lambda: (run_dir / "journal.jsonl").exists() and len(journal(run_dir)) >= 2, 120)
