@@ -33,6 +33,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -139,14 +140,37 @@ def import_file(path: Path, name: str) -> Any:
     return module
 
 
-def training_images(script: Path, work: Path) -> tuple[Path, int]:
+@dataclass(frozen=True)
+class Setup:
+    """What both scripts train: the compiled script (and the module it is), the network's
+    width, the precision, and the training images (indices into the IDX training file)."""
+
+    script: Path
+    compiled: Any
+    width: int
+    precision: str
+    train_index: Path
+    train_size: int
+
+
+def prepare(args: argparse.Namespace, work: Path) -> Setup:
+    """The spec compiled with the bench's settings, and its training images saved for the
+    baseline."""
+    script, width, precision = compiled_script(
+        args.spec, args.subset, work, args.width, args.precision
+    )
+    compiled = import_file(script, "bench_compiled_train")
+    train_index, train_size = training_images(compiled, work)
+    return Setup(script, compiled, width, precision, train_index, train_size)
+
+
+def training_images(compiled: Any, work: Path) -> tuple[Path, int]:
     """The compiled script's training images, as indices into the IDX training file, saved
     for the baseline (so that both train on the same images and any accuracy difference is
     the scripts', not two samples'); the file and the number of images."""
     import numpy as np
     import torch
 
-    compiled = import_file(script, "bench_compiled_split")
     pool, _, _ = compiled.load_source(None)
     _, index = compiled.validation_split(pool.labels)
     subset = getattr(compiled, "SUBSET", None)
@@ -158,11 +182,12 @@ def training_images(script: Path, work: Path) -> tuple[Path, int]:
     return path, len(index)
 
 
-def pipeline_only(script: Path, subset: int | None, epochs: int) -> tuple[float, float]:
+def pipeline_only(setup: Setup, epochs: int) -> tuple[float, float]:
     """Images/s of each data pipeline alone on the CPU: (compiled, torchvision DataLoader)."""
+    import numpy as np
     import torch
 
-    compiled = import_file(script, "bench_compiled_train")
+    compiled = setup.compiled
     torch.manual_seed(0)
     data = compiled.load_data(None, "val", torch.device("cpu"))
     batch_size = compiled.BATCH_SIZE
@@ -177,7 +202,8 @@ def pipeline_only(script: Path, subset: int | None, epochs: int) -> tuple[float,
     compiled_speed = seen / (time.perf_counter() - began)
 
     baseline = import_file(REPO / "bench" / "torchvision_baseline.py", "bench_baseline")
-    _, _, loader = baseline.build_data(baseline.DATA, subset, 2)
+    train_index = np.load(setup.train_index)
+    _, _, loader = baseline.build_data(baseline.DATA, None, 2, train_index=train_index)
     seen, began = 0, time.perf_counter()
     for _ in range(epochs):
         for _, labels in loader:
@@ -186,23 +212,23 @@ def pipeline_only(script: Path, subset: int | None, epochs: int) -> tuple[float,
 
 
 def one_seed(
-    args: argparse.Namespace, script: Path, work: Path, seed: int
+    args: argparse.Namespace, setup: Setup, work: Path, seed: int
 ) -> list[tuple[str, dict[str, Any], float]]:
     """Both scripts trained with `seed`, one after the other: (name, result, wall seconds)."""
     out = work / f"run{seed}"
     compiled, compiled_wall = run(
         [
-            *(sys.executable, str(script), "--split", "test", "--epochs", str(args.epochs)),
+            *(sys.executable, str(setup.script), "--split", "test", "--epochs", str(args.epochs)),
             *("--device", args.device, "--seed", str(seed), "--out", str(out)),
         ],
         f"compiled, seed {seed}",
     )
     if compiled.get("status") != "ok":
         raise SystemExit(f"the compiled script failed: {compiled}")
-    if compiled["train_size"] != args.train_size:
+    if compiled["train_size"] != setup.train_size:
         raise SystemExit(
             f"the compiled script trained on {compiled['train_size']} images, "
-            f"expected {args.train_size}"
+            f"expected {setup.train_size}"
         )
     baseline_command = [
         sys.executable,
@@ -214,9 +240,12 @@ def one_seed(
         "--seed",
         str(seed),
         "--precision",
-        args.precision,
+        setup.precision,
+        "--width",
+        str(setup.width),
+        "--train-index",
+        str(setup.train_index),
     ]
-    baseline_command += ["--width", str(args.width), "--train-index", str(args.train_index)]
     baseline, baseline_wall = run(baseline_command, f"torchvision, seed {seed}")
     return [
         ("compiled script", compiled, compiled_wall),
@@ -264,20 +293,17 @@ def main() -> None:
     runs: list[tuple[int, str, dict[str, Any], float]] = []
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        script, args.width, args.precision = compiled_script(
-            args.spec, args.subset, work, args.width, args.precision
-        )
-        args.train_index, args.train_size = training_images(script, work)
+        setup = prepare(args, work)
         for seed in range(args.seeds):
-            for name, result, wall in one_seed(args, script, work, seed):
+            for name, result, wall in one_seed(args, setup, work, seed):
                 runs.append((seed, name, result, wall))
         if not args.no_pipelines:
             print("[pipelines] each data pipeline alone, no model", file=sys.stderr, flush=True)
-            pipe_compiled, pipe_baseline = pipeline_only(script, args.subset, args.pipeline_epochs)
+            pipe_compiled, pipe_baseline = pipeline_only(setup, args.pipeline_epochs)
 
     print(
         f"Fashion-MNIST, {args.subset or 'all'} training images, {args.epochs} epochs, "
-        f"{args.spec.name}, ResNet-8 width {args.width}, precision {args.precision}, "
+        f"{args.spec.name}, ResNet-8 width {setup.width}, precision {setup.precision}, "
         f"device {args.device}, {os.cpu_count()} CPU cores, seeds 0..{args.seeds - 1}"
     )
     print(
