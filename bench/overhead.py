@@ -4,12 +4,14 @@ Three measurements, each the median of ``--repeats`` tries:
 
 1. Per candidate (specs/fashion_mnist_quick.imp, trained ``--epochs`` epoch(s) on the CPU):
    the compile step as the refine loop does it (parse, validate, render, black, the
-   meta-device shape check; in a warm process), then one training subprocess through
+   meta-device shape check; in a warm process), then one training run through
    ``run.run_script``, timed by when its events arrive: spawn → ``start`` event (interpreter
    start, ``import torch``, reading the dataset, building the model), the training seconds the
    script reports, evaluation (the rest of start → result), and result → exit (writing
-   metrics.json and model.pt). ``import torch, torchvision`` alone is timed in a fresh
-   interpreter to split the spawn → start span.
+   metrics.json and model.pt). Each run is started both ways: as a fresh subprocess (``improve
+   run``, the Ray executor) and as a fork of the fork server (the local executor on CPU).
+   ``import torch, torchvision`` alone is timed in a fresh interpreter to split the spawn →
+   start span.
 2. A cached repeat: ``improve refine`` (the library loop, heuristic expert) on a copy of
    specs/digits.imp for ``--iters`` iterations, then the same run again from the same start:
    every attempt of the second run is answered from the results cache. Per attempt it costs
@@ -60,9 +62,9 @@ def wall(command: Sequence[str]) -> float:
 # ---------------------------------------------------------------- 1. per candidate
 
 
-def per_candidate(spec: Path, epochs: int, repeats: int, threads: int) -> dict[str, float]:
+def per_candidate(spec: Path, epochs: int, repeats: int, threads: int) -> dict[str, Any]:
     from improve_dsl.compiler import compile_spec
-    from improve_dsl.run import run_script
+    from improve_dsl.forkserver import ForkServer
 
     text = spec.read_text(encoding="utf-8")
     started = time.perf_counter()
@@ -72,53 +74,71 @@ def per_candidate(spec: Path, epochs: int, repeats: int, threads: int) -> dict[s
         repeats, lambda: _timed(lambda: compile_spec(spec, text=text, check_shapes=True))
     )
     script = compile_spec(spec, text=text, check_shapes=True).script
-    rows: list[dict[str, float]] = []
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "train.py"
         path.write_text(script, encoding="utf-8")
-        for i in range(repeats):
-            stamps: dict[str, float] = {}
-
-            def on_event(event: dict[str, Any], stamps: dict[str, float] = stamps) -> bool:
-                stamps.setdefault(str(event.get("event")), time.perf_counter())
-                return True
-
-            began = time.perf_counter()
-            result = run_script(
-                path,
-                Path(tmp) / f"out{i}",
-                split="val",
-                device="cpu",
-                threads=threads,
-                on_event=on_event,
-                extra_args=["--epochs", str(epochs)],
-            )
-            ended = time.perf_counter()
-            if result.status != "ok":
-                raise SystemExit(f"the training run failed: {result.reason}")
-            train = _train_seconds(Path(tmp) / f"out{i}")
-            rows.append(
-                {
-                    "spawn_to_start": stamps["start"] - began,
-                    "train": train,
-                    "evaluate": stamps["result"] - stamps["start"] - train,
-                    "result_to_exit": ended - stamps["result"],
-                    "run_total": ended - began,
-                }
-            )
+        run = partial(_timed_run, path, epochs=epochs, threads=threads)
+        plain = [run(Path(tmp) / f"plain{i}") for i in range(repeats)]
+        # As the refine loop uses it: the server is started with the executor, so its
+        # imports overlap the loop's own work; the first run waits for what is left of them.
+        server = ForkServer()
+        try:
+            first = run(Path(tmp) / "first", fork_server=server)
+            forked = [run(Path(tmp) / f"forked{i}", fork_server=server) for i in range(repeats)]
+        finally:
+            server.close()
     imports = median_of(repeats, lambda: wall([PYTHON, "-c", "import torch, torchvision"]))
     bare = median_of(repeats, lambda: wall([PYTHON, "-c", "pass"]))
-    out = {key: statistics.median(r[key] for r in rows) for key in rows[0]}
-    out.update(
-        {
-            "compile_warm": compile_warm,
-            "compile_first_in_process": first_compile,
-            "python_start": bare,
-            "import_torch_torchvision": imports,
-        }
-    )
-    out["outside_training"] = out["compile_warm"] + out["spawn_to_start"] + out["result_to_exit"]
+    out: dict[str, Any] = {
+        "compile_warm": compile_warm,
+        "compile_first_in_process": first_compile,
+        "python_start": bare,
+        "import_torch_torchvision": imports,
+    }
+    for name, rows in (("subprocess", plain), ("fork_server", forked)):
+        medians = {key: statistics.median(r[key] for r in rows) for key in rows[0]}
+        medians["outside_training"] = (
+            compile_warm + medians["spawn_to_start"] + medians["result_to_exit"]
+        )
+        out[name] = medians
+    out["fork_server_first_run_spawn_to_start"] = first["spawn_to_start"]
     return out
+
+
+def _timed_run(
+    path: Path, out_dir: Path, *, epochs: int, threads: int, **how: Any
+) -> dict[str, float]:
+    """One training run through ``run.run_script``, timed by when its events arrive."""
+    from improve_dsl.run import run_script
+
+    stamps: dict[str, float] = {}
+
+    def on_event(event: dict[str, Any]) -> bool:
+        stamps.setdefault(str(event.get("event")), time.perf_counter())
+        return True
+
+    began = time.perf_counter()
+    result = run_script(
+        path,
+        out_dir,
+        split="val",
+        device="cpu",
+        threads=threads,
+        on_event=on_event,
+        extra_args=["--epochs", str(epochs)],
+        **how,
+    )
+    ended = time.perf_counter()
+    if result.status != "ok":
+        raise SystemExit(f"the training run failed: {result.reason}")
+    train = _train_seconds(out_dir)
+    return {
+        "spawn_to_start": stamps["start"] - began,
+        "train": train,
+        "evaluate": stamps["result"] - stamps["start"] - train,
+        "result_to_exit": ended - stamps["result"],
+        "run_total": ended - began,
+    }
 
 
 def _timed(thunk: Callable[[], object]) -> float:

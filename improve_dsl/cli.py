@@ -614,6 +614,9 @@ experts:
   replay:FILE      proposals read from a file (.jsonl or .imp), for reproducible runs
   The default is openai when OPENAI_API_KEY or --base-url is set, else heuristic.
 
+On a CPU the candidates start as forks of a helper that has imported torch once (about a
+second each besides training, instead of about six); IMPROVE_FORK_SERVER=0 turns it off.
+
 examples:
   improve refine specs/digits.imp --iters 5
   improve refine spec.imp --iters 20 --expert openai:gpt-5-mini --seeds 3 --git

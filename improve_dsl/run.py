@@ -22,7 +22,9 @@ from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any, Literal
+from typing import IO, Any, Literal, Protocol
+
+from .forkserver import ForkServer, ForkServerError
 
 RunStatus = Literal["ok", "failed", "timeout", "nan", "oom", "pruned", "interrupted"]
 Event = dict[str, Any]
@@ -31,6 +33,23 @@ Event = dict[str, Any]
 _TERM_GRACE = 3.0
 # How many trailing stderr lines a crash report carries.
 _STDERR_TAIL = 8
+
+
+class TrainingProcess(Protocol):
+    """What a run needs of its process: a ``subprocess.Popen`` or a fork server's child."""
+
+    pid: int
+    returncode: int | None
+
+    @property
+    def stdout(self) -> IO[bytes] | None: ...
+
+    @property
+    def stderr(self) -> IO[bytes] | None: ...
+
+    def poll(self) -> int | None: ...
+
+    def wait(self, timeout: float | None = None) -> int: ...
 
 
 @dataclass
@@ -97,6 +116,8 @@ def run_script(
     on_event: Callable[[Event], bool] | None = None,
     extra_env: Mapping[str, str] | None = None,
     extra_args: Sequence[str] = (),
+    fork_server: ForkServer | None = None,
+    on_spawn: Callable[[int], None] | None = None,
 ) -> RunResult:
     """Train with ``script`` on ``split`` and return what happened.
 
@@ -104,7 +125,9 @@ def run_script(
     run (its process group is killed) and the status is ``"pruned"``. ``timeout`` (seconds)
     stops it with status ``"timeout"``. The log of stdout and stderr goes to
     ``out_dir/log``. Ctrl-C terminates the whole process group and re-raises
-    ``KeyboardInterrupt``.
+    ``KeyboardInterrupt``. With a ``fork_server`` the script runs as a fork of it (torch
+    already imported), or as an ordinary subprocess when the server cannot start it.
+    ``on_spawn`` is told the process id (also its process group) once the run has started.
     """
     out_dir.mkdir(parents=True, exist_ok=True)
     log_path = out_dir / "log"
@@ -127,16 +150,7 @@ def run_script(
         log.write("$ " + " ".join(command) + "\n")
         log.flush()
         try:
-            process = subprocess.Popen(
-                command,
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                env=env,
-                # A group of its own, so a stop reaches DataLoader workers too, and the
-                # terminal's Ctrl-C reaches only us: we decide how the child ends.
-                start_new_session=True,
-            )
+            process = _start(command, env, fork_server, log)
         except OSError as exc:
             reason = f"cannot start the training process: {exc.strerror or exc}"
             log.write(reason + "\n")
@@ -149,6 +163,8 @@ def run_script(
                 time.monotonic() - started,
                 log_path,
             )
+        if on_spawn is not None:
+            on_spawn(process.pid)
         watcher = _Watcher(process, log, split, on_event, timeout, started)
         try:
             return watcher.watch()
@@ -161,12 +177,33 @@ def run_script(
             watcher.close()
 
 
+def _start(
+    command: list[str], env: dict[str, str], fork_server: ForkServer | None, log: IO[str]
+) -> TrainingProcess:
+    """The running script: a fork of ``fork_server`` where it can, else a subprocess."""
+    if fork_server is not None:
+        try:
+            return fork_server.spawn(command, env=env)
+        except ForkServerError as exc:
+            log.write(f"improve: started without the fork server ({exc})\n")
+    return subprocess.Popen(
+        command,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=env,
+        # A group of its own, so a stop reaches DataLoader workers too, and the terminal's
+        # Ctrl-C reaches only us: we decide how the child ends.
+        start_new_session=True,
+    )
+
+
 class _Watcher:
     """Reads both pipes of one process, tees them to the log and interprets the events."""
 
     def __init__(
         self,
-        process: subprocess.Popen[bytes],
+        process: TrainingProcess,
         log: IO[str],
         split: str,
         on_event: Callable[[Event], bool] | None,
@@ -356,7 +393,7 @@ def _number(value: object) -> float | None:
     return None
 
 
-def _stop(process: subprocess.Popen[bytes]) -> None:
+def _stop(process: TrainingProcess) -> None:
     """End the process and its whole group: SIGTERM, then SIGKILL after a grace period."""
     if process.poll() is not None:
         _signal_group(process.pid, signal.SIGKILL)  # orphaned workers, if any

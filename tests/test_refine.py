@@ -162,7 +162,9 @@ def test_invalid_rejected_cached_pruned_and_accepted_attempts(tmp_path: Path) ->
 
 
 def test_a_failing_run_is_recorded_and_the_loop_goes_on(tmp_path: Path) -> None:
-    spec = write_spec(tmp_path, WEAK)
+    # 1,000 epochs cannot finish within the 1 s limit, however fast the runs start.
+    slow = WEAK.replace("epochs = 3", "epochs = 1000")
+    spec = write_spec(tmp_path, slow)
     done = improve("refine", str(spec), "--iters", "2", "--timeout", "1", "--no-test", cwd=tmp_path)
     assert done.returncode == 1, done.stderr
     assert "no candidate finished" in done.stderr and "Traceback" not in done.stderr
@@ -173,7 +175,7 @@ def test_a_failing_run_is_recorded_and_the_loop_goes_on(tmp_path: Path) -> None:
         (2, "failed"),
     ]
     assert all("time limit" in r.extras["reason"] for r in records)
-    assert spec.read_text() == WEAK
+    assert spec.read_text() == slow
 
 
 # ---------------------------------------------------------------- seeds, strategies, limits

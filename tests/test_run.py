@@ -7,6 +7,7 @@ compiled spec.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import signal
@@ -14,12 +15,14 @@ import subprocess
 import sys
 import textwrap
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from improve_dsl.run import read_metrics, run_script
+from improve_dsl.forkserver import ForkServer
+from improve_dsl.run import RunResult, read_metrics, run_script
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -93,6 +96,24 @@ def fake(tmp_path: Path) -> Path:
     return script
 
 
+@pytest.fixture(scope="module")
+def fork_server() -> Iterator[ForkServer]:
+    server = ForkServer(preload=())
+    yield server
+    server.close()
+
+
+Runner = Callable[..., RunResult]
+
+
+@pytest.fixture(params=["subprocess", "fork server"])
+def run(request: pytest.FixtureRequest, fork_server: ForkServer) -> Runner:
+    """``run_script`` starting the script either way: every ending must look the same."""
+    if request.param == "subprocess":
+        return run_script
+    return functools.partial(run_script, fork_server=fork_server)
+
+
 def _env(mode: str, **extra: str) -> dict[str, str]:
     return {"FAKE_MODE": mode, **extra}
 
@@ -110,7 +131,9 @@ def _alive(pid: int) -> bool:
     return state != "Z"
 
 
-def test_finished_run_reports_metric_history_and_log(fake: Path, tmp_path: Path) -> None:
+def test_finished_run_reports_metric_history_and_log(
+    run: Runner, fake: Path, tmp_path: Path
+) -> None:
     out = tmp_path / "out"
     seen: list[dict[str, Any]] = []
 
@@ -118,7 +141,7 @@ def test_finished_run_reports_metric_history_and_log(fake: Path, tmp_path: Path)
         seen.append(event)
         return True
 
-    result = run_script(
+    result = run(
         fake, out, seed=7, batch_size=32, threads=1, on_event=on_event, extra_env=_env("ok")
     )
     assert result.status == "ok" and result.ok
@@ -141,8 +164,10 @@ def test_finished_run_reports_metric_history_and_log(fake: Path, tmp_path: Path)
     assert metrics["val_accuracy"] == pytest.approx(0.8) and len(metrics["history"]) == 3
 
 
-def test_test_split_names_the_metric_after_the_split(fake: Path, tmp_path: Path) -> None:
-    result = run_script(fake, tmp_path / "out", split="test", extra_env=_env("ok"))
+def test_test_split_names_the_metric_after_the_split(
+    run: Runner, fake: Path, tmp_path: Path
+) -> None:
+    result = run(fake, tmp_path / "out", split="test", extra_env=_env("ok"))
     assert result.status == "ok"
     assert result.metric_name == "test_accuracy"
     assert result.metric == pytest.approx(0.8)
@@ -157,18 +182,18 @@ def test_test_split_names_the_metric_after_the_split(fake: Path, tmp_path: Path)
     ],
 )
 def test_reported_failures_map_to_statuses(
-    fake: Path, tmp_path: Path, mode: str, status: str, words: str
+    run: Runner, fake: Path, tmp_path: Path, mode: str, status: str, words: str
 ) -> None:
-    result = run_script(fake, tmp_path / "out", extra_env=_env(mode))
+    result = run(fake, tmp_path / "out", extra_env=_env(mode))
     assert result.status == status
     assert result.metric is None
     assert result.reason is not None and words in result.reason
 
 
 def test_a_crash_without_a_result_names_the_exit_and_the_last_error_lines(
-    fake: Path, tmp_path: Path
+    run: Runner, fake: Path, tmp_path: Path
 ) -> None:
-    result = run_script(fake, tmp_path / "out", extra_env=_env("crash"))
+    result = run(fake, tmp_path / "out", extra_env=_env("crash"))
     assert result.status == "failed"
     assert result.reason is not None
     assert result.reason.startswith("the training process exited with code -9")
@@ -177,20 +202,20 @@ def test_a_crash_without_a_result_names_the_exit_and_the_last_error_lines(
     assert len(result.history) == 1  # the epoch before the crash is kept
 
 
-def test_a_script_that_does_not_start_is_a_failure(tmp_path: Path) -> None:
+def test_a_script_that_does_not_start_is_a_failure(run: Runner, tmp_path: Path) -> None:
     script = tmp_path / "broken.py"
     script.write_text("import nonexistent_module_xyz\n")
-    result = run_script(script, tmp_path / "out")
+    result = run(script, tmp_path / "out")
     assert result.status == "failed"
     assert result.reason is not None
     assert "exited with code 1" in result.reason
     assert "nonexistent_module_xyz" in result.reason
 
 
-def test_timeout_kills_the_process(fake: Path, tmp_path: Path) -> None:
+def test_timeout_kills_the_process(run: Runner, fake: Path, tmp_path: Path) -> None:
     pidfile = tmp_path / "pid"
     began = time.monotonic()
-    result = run_script(
+    result = run(
         fake, tmp_path / "out", timeout=2.0, extra_env=_env("slow", FAKE_PIDFILE=str(pidfile))
     )
     assert time.monotonic() - began < 15
@@ -200,13 +225,13 @@ def test_timeout_kills_the_process(fake: Path, tmp_path: Path) -> None:
     assert "time limit" in result.log_path.read_text()
 
 
-def test_on_event_false_prunes_the_run(fake: Path, tmp_path: Path) -> None:
+def test_on_event_false_prunes_the_run(run: Runner, fake: Path, tmp_path: Path) -> None:
     pidfile = tmp_path / "pid"
 
     def after_first_epoch(event: dict[str, Any]) -> bool:
         return event.get("event") != "epoch"
 
-    result = run_script(
+    result = run(
         fake,
         tmp_path / "out",
         on_event=after_first_epoch,
@@ -219,14 +244,16 @@ def test_on_event_false_prunes_the_run(fake: Path, tmp_path: Path) -> None:
     assert not _alive(int(pidfile.read_text()))
 
 
-def test_keyboard_interrupt_stops_the_child_and_propagates(fake: Path, tmp_path: Path) -> None:
+def test_keyboard_interrupt_stops_the_child_and_propagates(
+    run: Runner, fake: Path, tmp_path: Path
+) -> None:
     pidfile = tmp_path / "pid"
 
     def interrupt(event: dict[str, Any]) -> bool:
         raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        run_script(
+        run(
             fake,
             tmp_path / "out",
             on_event=interrupt,
