@@ -120,10 +120,14 @@ class ForkServer:
         return ForkedProcess(list(argv), pid, mine, open(out_read, "rb"), open(err_read, "rb"))
 
     def close(self) -> None:
-        """Stop the server; runs it still has are ended."""
+        """Stop the server; runs it still has are ended.
+
+        A server that is still importing has no runs and does not read its socket yet: it is
+        killed rather than waited for.
+        """
         self._control.close()
         try:
-            self._process.wait(timeout=5)
+            self._process.wait(timeout=1.0)
         except subprocess.TimeoutExpired:
             self._process.kill()
             self._process.wait()

@@ -187,3 +187,15 @@ def test_the_local_executor_forks_cpu_runs_unless_told_not_to(
     assert result.start is not None
     forked = result.start["ppid"] != os.getpid()
     assert forked == (setting == "1")
+
+
+def test_a_server_still_importing_is_not_waited_for(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "slow_to_import.py").write_text("import time\ntime.sleep(60)\n")
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path))
+    server = ForkServer(preload=("slow_to_import",))
+    time.sleep(0.5)
+    began = time.monotonic()
+    server.close()
+    assert time.monotonic() - began < 3
