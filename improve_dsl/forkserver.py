@@ -77,6 +77,7 @@ class ForkServer:
     def __init__(self, preload: Sequence[str] = PRELOAD) -> None:
         self._control, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         self._lock = threading.Lock()
+        self._used = False
         with theirs:
             self._process = subprocess.Popen(
                 [sys.executable, "-m", __name__, str(theirs.fileno()), *preload],
@@ -100,6 +101,7 @@ class ForkServer:
         err_read, err_write = os.pipe()
         try:
             with self._lock:
+                self._used = True
                 socket.send_fds(self._control, [message], [theirs.fileno(), out_write, err_write])
             mine.settimeout(_START_TIMEOUT)
             reply = _load(mine.recv(_MAX_MESSAGE))
@@ -122,12 +124,12 @@ class ForkServer:
     def close(self) -> None:
         """Stop the server; runs it still has are ended.
 
-        A server that is still importing has no runs and does not read its socket yet: it is
-        killed rather than waited for.
+        A server never asked for a run (a refinement answered from its cache) or still
+        importing has no runs and may not read its socket yet: it is killed, not waited for.
         """
         self._control.close()
         try:
-            self._process.wait(timeout=1.0)
+            self._process.wait(timeout=1.0 if self._used else 0.0)
         except subprocess.TimeoutExpired:
             self._process.kill()
             self._process.wait()
