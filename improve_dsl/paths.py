@@ -1,4 +1,4 @@
-"""The one place that knows where the grammar and the templates live.
+"""The one place that knows where the grammar and the templates live, and our user cache.
 
 In a source checkout they sit at the repository root (``grammar/``, ``templates/``);
 in an installed wheel they are packaged inside ``improve_dsl/`` under the same names.
@@ -6,6 +6,7 @@ in an installed wheel they are packaged inside ``improve_dsl/`` under the same n
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 _PACKAGE_DIR = Path(__file__).resolve().parent
@@ -31,3 +32,17 @@ def templates_dir() -> Path:
 def specs_dir() -> Path:
     """The folder of example specs (only in a source checkout or an sdist)."""
     return _find("specs")
+
+
+def user_cache_dir() -> Path | None:
+    """``$XDG_CACHE_HOME/improve`` (default ``~/.cache/improve``), private to the user.
+
+    None when it cannot be made: callers then work without a cache.
+    """
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    path = Path(base) / "improve"
+    try:
+        path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    except OSError:
+        return None
+    return path

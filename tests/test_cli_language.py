@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -98,3 +99,29 @@ def test_the_readme_spec_is_valid() -> None:
     block = readme.split("## A spec", 1)[1].split("```", 2)[1]
     spec = load_text(block.lstrip("\n"), "README.md")
     assert spec.model.arch is not None and spec.model.arch.name == "resnet"
+
+
+def test_the_built_parser_is_cached_privately_and_a_broken_cache_is_rebuilt(
+    tmp_path: Path,
+) -> None:
+    spec = str(DIGITS)
+    env = dict(os.environ, XDG_CACHE_HOME=str(tmp_path / "cache"))
+
+    def check() -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "improve_dsl.cli", "check", spec],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+
+    first = check()
+    assert first.returncode == 0, first.stderr
+    folder = tmp_path / "cache" / "improve"
+    assert folder.stat().st_mode & 0o777 == 0o700
+    (pickle,) = folder.glob("parser-*.pickle")
+    pickle.write_bytes(b"not a pickle")
+    again = check()
+    assert (again.returncode, again.stdout, again.stderr) == (0, first.stdout, first.stderr)
+    assert pickle.read_bytes() != b"not a pickle"  # rebuilt and stored again
