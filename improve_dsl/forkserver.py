@@ -86,6 +86,9 @@ class ForkServer:
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL,
                 start_new_session=True,  # the terminal's Ctrl-C is ours to handle
+                # ``-m`` puts the working folder first on sys.path: the folder holding this
+                # package, not the user's, whose own modules could shadow torch's imports.
+                cwd=Path(__file__).resolve().parent.parent,
             )
 
     def spawn(

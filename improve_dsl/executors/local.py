@@ -89,7 +89,10 @@ class LocalExecutor(Executor):
         on_cpu = device == "cpu" or (device == "auto" and not self.gpus)
         if fork_server is None:
             fork_server = on_cpu and forkserver.wanted()
-        self._fork_server = forkserver.ForkServer() if fork_server else None
+        self._fork_server: forkserver.ForkServer | None = None
+        if fork_server:
+            with contextlib.suppress(OSError):  # without one, runs start the ordinary way
+                self._fork_server = forkserver.ForkServer()
 
     # ------------------------------------------------------------ the interface
 
