@@ -39,10 +39,10 @@ def user_cache_dir() -> Path | None:
 
     None when it cannot be made: callers then work without a cache.
     """
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    path = Path(base) / "improve"
     try:
+        base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+        path = Path(base) / "improve"
         path.mkdir(mode=0o700, parents=True, exist_ok=True)
-    except OSError:
+    except (OSError, RuntimeError):  # RuntimeError: no home directory can be determined
         return None
     return path
