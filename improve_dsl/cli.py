@@ -12,7 +12,7 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from . import __version__
+from . import __version__, registry
 from .diagnostics import DiagnosticError
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
@@ -111,7 +111,6 @@ def cmd_docs(args: argparse.Namespace) -> int:
 
 def cmd_grammar(args: argparse.Namespace) -> int:
     """Print the grammar an LLM is held to when rewriting a block (or all refinable blocks)."""
-    from . import registry
     from .grammar_export import blocks_grammar
 
     blocks = [args.block] if args.block else list(registry.REFINABLE_BLOCKS)
@@ -441,7 +440,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--block",
-        choices=["data", "augment", "model", "train", "eval"],
+        choices=registry.REFINABLE_BLOCKS,
         help="the block (default: every refinable block)",
     )
     p.add_argument(
@@ -579,8 +578,9 @@ def build_parser() -> argparse.ArgumentParser:
         required=True,
         metavar="DATA",
         help="a folder with one sub-folder of images per class (optionally under "
-        "train/ and test/), or a built-in dataset: digits, fashion_mnist, mnist, "
-        "cifar10, cifar100, svhn (write ./NAME for a folder called NAME)",
+        "train/ and test/), or a built-in dataset: "
+        + ", ".join(registry.BUILTIN_DATASETS)
+        + " (write ./NAME for a folder called NAME)",
     )
     p.add_argument("-o", "--output", required=True, metavar="SPEC", help="where to write the spec")
     p.add_argument("--force", action="store_true", help="overwrite SPEC if it exists")

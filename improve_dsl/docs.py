@@ -4,24 +4,13 @@ from __future__ import annotations
 
 from . import registry
 from .diagnostics import did_you_mean
-from .registry import BlockSpec, Component, FieldSpec, Param, ParamValue
-
-
-def _literal(value: ParamValue | str) -> str:
-    if value is None:
-        return "none"
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, str):
-        return value
-    if isinstance(value, tuple):
-        return "[" + ", ".join(str(v) for v in value) + "]"
-    return repr(value)
+from .fmt import literal as _literal
+from .registry import BlockSpec, Component, DatasetFacts, FieldSpec, Param, ParamValue
 
 
 def _param_range(param: Param | FieldSpec) -> str:
     if param.choices:
-        return "one of " + ", ".join(param.choices)
+        return "one of " + ", ".join(str(c) for c in param.choices)
     if param.minimum is not None and param.maximum is not None:
         return f"{_literal(param.minimum)}..{_literal(param.maximum)}"
     if param.minimum is not None:
@@ -32,13 +21,27 @@ def _param_range(param: Param | FieldSpec) -> str:
 def component_signature(comp: Component) -> str:
     """``sgd(lr = 0.1, momentum = 0.9, ...)`` with the defaults."""
     args = ", ".join(
-        f"{p.name} = {'REQUIRED' if p.required else _literal(p.default)}" for p in comp.params
+        f"{p.name} = {'REQUIRED' if p.required else _literal(p.default, p.kind)}"
+        for p in comp.params
     )
     return f"{comp.name}({args})"
 
 
+def dataset_summary(facts: DatasetFacts) -> str:
+    """``1x28x28 grayscale, 10 classes, 60,000 training and 10,000 test images; ...``."""
+    colour = "grayscale" if facts.channels == 1 else "colour"
+    flips = "keep" if facts.flips_safe else "change"
+    return (
+        f"{facts.channels}x{facts.image_size}x{facts.image_size} {colour}, "
+        f"{facts.num_classes} classes, {facts.train_count:,} training and "
+        f"{facts.test_count:,} test images; horizontal flips {flips} the class"
+    )
+
+
 def component_reference(comp: Component, indent: str = "") -> list[str]:
     lines = [f"{indent}{component_signature(comp)}", f"{indent}    {comp.doc}"]
+    if comp.dataset is not None:
+        lines.append(f"{indent}    {dataset_summary(comp.dataset)}")
     for p in comp.params:
         extra = _param_range(p)
         lines.append(

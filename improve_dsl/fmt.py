@@ -3,25 +3,83 @@
 Layout: blocks separated by one blank line, fields indented by two spaces as
 ``name = value``, calls as ``name(key = value, ...)``, lists on one line, a trailing comment
 two spaces after its code. Numbers keep the text the user wrote.
+
+This module is also the one printer of ``.imp`` values: ``print_value`` for parsed values,
+``literal`` and ``call`` for Python values (registry defaults, an expert's moves, ``improve
+init``). Every writer of spec text goes through them.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import math
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
+from . import registry
+from .registry import ParamValue
 from .syntax import Block, Call, Comment, Field, ListValue, Name, Number, String, Value, parse
 
 _INDENT = "  "
 _ESCAPES = {"\\": "\\\\", '"': '\\"', "\n": "\\n", "\t": "\\t", "\r": "\\r", "\0": "\\0"}
 
 
+def quote(text: str) -> str:
+    """A string literal of the language."""
+    return '"' + "".join(_ESCAPES.get(ch, ch) for ch in text) + '"'
+
+
+def number_text(value: float, significant: int | None = None) -> str:
+    """A float as .imp text that reads back as a float: the shortest text that round-trips
+    (``0.1``, ``2.0``, ``1e-06``), or rounded to ``significant`` digits (``0.3333``)."""
+    if not math.isfinite(value):
+        raise ValueError(f"{value} has no .imp form")
+    text = repr(value) if significant is None else f"{value:.{significant}g}"
+    return text if any(c in text for c in ".en") else text + ".0"
+
+
+def literal(value: ParamValue, kind: str | None = None, *, significant: int | None = None) -> str:
+    """A Python value as .imp text: ``none``, ``true``/``false``, numbers, ``[lists]``. A
+    string is quoted when ``kind`` is ``"str"`` (a path or other free text); otherwise it is a
+    bare name (an enum choice, or an op written without arguments)."""
+    if value is None:
+        return "none"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        return number_text(value, significant)
+    if isinstance(value, tuple):
+        return "[" + ", ".join(literal(v, significant=significant) for v in value) + "]"
+    return quote(value) if kind == "str" else value
+
+
+def call(
+    name: str,
+    params: Mapping[str, ParamValue] | None = None,
+    category: str | None = None,
+    *,
+    significant: int | None = None,
+) -> str:
+    """``name(key = value, ...)``, leaving out parameters that are not set (``None``). With the
+    registry ``category``, string parameters of kind ``str`` are quoted."""
+    comp = registry.component(category, name) if category else None
+    args = []
+    for key, value in (params or {}).items():
+        if value is None:
+            continue
+        spec = comp.param(key) if comp else None
+        text = literal(value, spec.kind if spec else None, significant=significant)
+        args.append(f"{key} = {text}")
+    return f"{name}({', '.join(args)})"
+
+
 def print_value(value: Value) -> str:
-    """A value in canonical form."""
+    """A parsed value in canonical form."""
     if isinstance(value, Number):
         return value.text
     if isinstance(value, String):
-        return '"' + "".join(_ESCAPES.get(ch, ch) for ch in value.value) + '"'
+        return quote(value.value)
     if isinstance(value, Name):
         return value.value
     if isinstance(value, Call):

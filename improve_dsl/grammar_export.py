@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from . import registry
-from .registry import BlockSpec, Component, FieldSpec, Param
+from .registry import BlockSpec, Choices, Component, FieldSpec, Param
 
 GrammarFormat = Literal["lark", "gbnf"]
 
@@ -78,9 +78,9 @@ class _Builder:
     def listing(self, element: Item) -> Alternative:
         return (Lit("["), Opt((element, Star((*self.comma(), element)))), Lit("]"))
 
-    def scalar(self, kind: str, choices: tuple[str, ...]) -> list[Alternative]:
+    def scalar(self, kind: str, choices: Choices) -> list[Alternative]:
         if choices:
-            return [(Lit(c),) for c in choices]
+            return [(Lit(str(c)),) for c in choices]
         if kind == "int":
             return [(self.term("INT"),)]
         if kind == "float":

@@ -19,19 +19,18 @@ import statistics
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import registry
+from . import fmt, registry
 from .diagnostics import DiagnosticError, did_you_mean
 from .ir import Op
 from .profile import IMAGE_EXTENSIONS, DatasetProfile, ProfileError, profile_dataset
+from .registry import ParamValue
 
-BUILTINS = ("digits", "fashion_mnist", "mnist", "cifar10", "cifar100", "svhn")
+BUILTINS = registry.BUILTIN_DATASETS
 # Square sizes folder images are resized to; capped at 64 so a first run fits a CPU.
 IMAGE_SIZES = (8, 12, 16, 24, 28, 32, 48, 64)
 # Image files whose headers are read to find the typical size and colour mode.
 SIZE_SAMPLE = 500
 _GRAY_MODES = frozenset({"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F"})
-# Datasets whose classes change under a left-right mirror (digits).
-_NO_FLIP = frozenset({"digits", "mnist", "svhn"})
 
 
 class InitError(Exception):
@@ -149,12 +148,12 @@ def choose(profile: DatasetProfile, source: Op, name: str) -> Choices:
     batch_size = 128 if count >= 5000 else 64 if count >= 1000 else 32
 
     if channels == 1:
-        stages = "[32, 64]" if size <= 12 else "[32, 64, 128]"
-        arch = f"cnn(channels = {stages})"
+        stages = (32, 64) if size <= 12 else (32, 64, 128)
+        arch = fmt.call("cnn", {"channels": stages})
         reasons.append("model: a plain CNN with batch norm, enough for small grayscale images")
     else:
         depth = 20 if count >= 20000 else 8
-        arch = f"resnet(depth = {depth}, width = 16)"
+        arch = fmt.call("resnet", {"depth": depth, "width": 16})
         reasons.append(
             f"model: a CIFAR-style ResNet-{depth} for {size}x{size} colour images"
             + (" (deeper for a large dataset)" if depth > 8 else " (small: few images)")
@@ -163,11 +162,15 @@ def choose(profile: DatasetProfile, source: Op, name: str) -> Choices:
     epochs = 20 if count <= 5000 else 15 if count <= 20000 else 10
 
     padding = 1 if size <= 12 else 2 if size <= 28 else max(2, size // 8)
-    flip = source.name not in _NO_FLIP
-    crop = f"translate(pixels = {padding})" if size <= 12 else f"random_crop(padding = {padding})"
+    flip = registry.flips_safe(source.name)
+    crop = (
+        fmt.call("translate", {"pixels": padding})
+        if size <= 12
+        else fmt.call("random_crop", {"padding": padding})
+    )
     augment: tuple[str, ...] = (crop,)
     if flip:
-        augment += ("horizontal_flip(p = 0.5)",)
+        augment += (fmt.call("horizontal_flip", {"p": 0.5}),)
         if source.name == "image_folder":
             reasons.append(
                 "augment: drop horizontal_flip if a mirrored image changes its class "
@@ -197,21 +200,9 @@ def choose(profile: DatasetProfile, source: Op, name: str) -> Choices:
 
 def _source_text(source: Op) -> str:
     if source.name != "image_folder":
-        return f"{source.name}()"
-    root = source.params["root"]
-    assert isinstance(root, str)
-    return (
-        f"image_folder(root = {quote(root)}, image_size = {source.integer('image_size')}, "
-        f"channels = {source.integer('channels')})"
-    )
-
-
-_ESCAPES = {"\\": "\\\\", '"': '\\"', "\n": "\\n", "\t": "\\t", "\r": "\\r", "\0": "\\0"}
-
-
-def quote(text: str) -> str:
-    """A string literal of the language."""
-    return '"' + "".join(_ESCAPES.get(ch, ch) for ch in text) + '"'
+        return fmt.call(source.name)
+    wanted = ("root", "image_size", "channels")
+    return fmt.call(source.name, {k: source.params[k] for k in wanted}, "source")
 
 
 def pipeline_name(data: str) -> str:
@@ -224,6 +215,14 @@ def pipeline_name(data: str) -> str:
 
 
 # ---------------------------------------------------------------- the text
+
+# SGD with Nesterov momentum: robust across the small datasets init sees, with one_cycle.
+_OPTIMIZER: dict[str, ParamValue] = {
+    "lr": 0.05,
+    "momentum": 0.9,
+    "nesterov": True,
+    "weight_decay": 0.0005,
+}
 
 
 def _comment(text: str) -> list[str]:
@@ -252,13 +251,13 @@ def render(choices: Choices, profile: DatasetProfile, data: str, source: Op) -> 
     lines += [
         f"pipeline {choices.name} {{",
         f"  metric = {choices.metric}",
-        "  seed = 0",
+        f"  seed = {fmt.literal(0)}",
         "}",
         "",
         "data {",
         f"  source = {choices.source}",
-        f"  validation = holdout(fraction = {choices.validation_fraction})",
-        f"  batch_size = {choices.batch_size}",
+        f"  validation = {fmt.call('holdout', {'fraction': choices.validation_fraction})}",
+        f"  batch_size = {fmt.literal(choices.batch_size)}",
         "}",
         "",
         "augment {",
@@ -270,10 +269,10 @@ def render(choices: Choices, profile: DatasetProfile, data: str, source: Op) -> 
         "}",
         "",
         "train {",
-        f"  epochs = {choices.epochs}",
-        "  optimizer = sgd(lr = 0.05, momentum = 0.9, nesterov = true, weight_decay = 0.0005)",
-        "  schedule = one_cycle(warmup = 0.2)",
-        "  loss = cross_entropy(label_smoothing = 0.1)",
+        f"  epochs = {fmt.literal(choices.epochs)}",
+        f"  optimizer = {fmt.call('sgd', _OPTIMIZER)}",
+        f"  schedule = {fmt.call('one_cycle', {'warmup': 0.2})}",
+        f"  loss = {fmt.call('cross_entropy', {'label_smoothing': 0.1})}",
         "}",
         "",
         "eval {",

@@ -27,7 +27,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+# How an attempt ended: the one list of statuses (the report, the live view and the experts
+# read it from here). Only "accepted" changes the incumbent.
 STATUSES = ("accepted", "rejected", "invalid", "failed", "pruned", "cached")
+NOT_ACCEPTED = tuple(s for s in STATUSES if s != "accepted")
 # The fields every journal record has, in this order; anything else goes into ``extras``.
 RECORD_FIELDS = (
     "iteration",

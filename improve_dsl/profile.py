@@ -16,7 +16,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from . import registry
 from .ir import Op
+from .registry import DatasetFacts
 
 # The suffixes the generated script reads (templates/source/image_folder.py.jinja).
 IMAGE_EXTENSIONS = (
@@ -96,85 +98,6 @@ def _balance(counts: Sequence[int]) -> str:
 # ---------------------------------------------------------------- built-in datasets
 
 
-@dataclass(frozen=True)
-class _Known:
-    channels: int
-    size: int
-    train_count: int
-    test_count: int
-    class_names: tuple[str, ...]
-    train_counts: tuple[int, ...]
-
-
-_DIGITS_NAMES = tuple(str(d) for d in range(10))
-_FASHION_NAMES = (
-    "T-shirt/top",
-    "Trouser",
-    "Pullover",
-    "Dress",
-    "Coat",
-    "Sandal",
-    "Shirt",
-    "Sneaker",
-    "Bag",
-    "Ankle boot",
-)
-_CIFAR10_NAMES = (
-    "airplane",
-    "automobile",
-    "bird",
-    "cat",
-    "deer",
-    "dog",
-    "frog",
-    "horse",
-    "ship",
-    "truck",
-)
-_CIFAR100_WORDS = (
-    "apple aquarium_fish baby bear beaver bed bee beetle bicycle bottle bowl boy bridge bus "
-    "butterfly camel can castle caterpillar cattle chair chimpanzee clock cloud cockroach "
-    "couch crab crocodile cup dinosaur dolphin elephant flatfish forest fox girl hamster "
-    "house kangaroo keyboard lamp lawn_mower leopard lion lizard lobster man maple_tree "
-    "motorcycle mountain mouse mushroom oak_tree orange orchid otter palm_tree pear "
-    "pickup_truck pine_tree plain plate poppy porcupine possum rabbit raccoon ray road rocket "
-    "rose sea seal shark shrew skunk skyscraper snail snake spider squirrel streetcar "
-    "sunflower sweet_pepper table tank telephone television tiger tractor train trout tulip "
-    "turtle wardrobe whale willow_tree wolf woman worm"
-)
-_CIFAR100_NAMES = tuple(_CIFAR100_WORDS.split())
-
-_KNOWN: dict[str, _Known] = {
-    # digits: 1,797 images; the script holds out a seeded, stratified 20% as the test split.
-    "digits": _Known(
-        1, 8, 1438, 359, _DIGITS_NAMES, (178, 182, 177, 183, 181, 182, 181, 179, 174, 180)
-    ),
-    "mnist": _Known(
-        1,
-        28,
-        60000,
-        10000,
-        _DIGITS_NAMES,
-        (5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949),
-    ),
-    "fashion_mnist": _Known(1, 28, 60000, 10000, _FASHION_NAMES, (6000,) * 10),
-    "cifar10": _Known(3, 32, 50000, 10000, _CIFAR10_NAMES, (5000,) * 10),
-    "cifar100": _Known(3, 32, 50000, 10000, _CIFAR100_NAMES, (500,) * 100),
-    # SVHN's train split (extra not used); torchvision maps the digit 0 (label 10) to 0.
-    "svhn": _Known(
-        3,
-        32,
-        73257,
-        26032,
-        _DIGITS_NAMES,
-        (4948, 13861, 10585, 8497, 7458, 6882, 5727, 5595, 5045, 4659),
-    ),
-}
-
-# Where the Fashion-MNIST IDX files may be, in the order the script looks.
-_FASHION_SYSTEM_DIR = Path("/usr/share/datasets/fashion-mnist")
-
-
 def input_shape(source: Op) -> tuple[int, int, int, int]:
     """(channels, height, width, num_classes) of a data source, without loading pixels.
 
@@ -186,7 +109,7 @@ def input_shape(source: Op) -> tuple[int, int, int, int]:
         classes = _folder_classes(Path(_root(source)))
         return source.integer("channels"), size, size, len(classes)
     known = _known(source)
-    return known.channels, known.size, known.size, len(known.class_names)
+    return known.channels, known.image_size, known.image_size, known.num_classes
 
 
 def profile_dataset(source: Op) -> DatasetProfile:
@@ -194,7 +117,7 @@ def profile_dataset(source: Op) -> DatasetProfile:
     if source.name == "image_folder":
         return _profile_folder(source)
     known = _known(source)
-    counts = known.train_counts
+    counts = known.train_class_counts
     notes: list[str] = []
     if source.name == "digits":
         counts = _digits_counts() or counts
@@ -214,21 +137,21 @@ def profile_dataset(source: Op) -> DatasetProfile:
         name=source.name,
         train_count=train_count,
         test_count=known.test_count,
-        num_classes=len(known.class_names),
+        num_classes=known.num_classes,
         class_names=known.class_names,
         channels=known.channels,
-        height=known.size,
-        width=known.size,
+        height=known.image_size,
+        width=known.image_size,
         class_counts=counts,
         notes=tuple(notes),
     )
 
 
-def _known(source: Op) -> _Known:
-    try:
-        return _KNOWN[source.name]
-    except KeyError:
-        raise ProfileError(f"no profile for the data source '{source.name}'") from None
+def _known(source: Op) -> DatasetFacts:
+    known = registry.dataset_facts(source.name)
+    if known is None:
+        raise ProfileError(f"no profile for the data source '{source.name}'")
+    return known
 
 
 def _digits_counts() -> tuple[int, ...] | None:
@@ -250,7 +173,7 @@ def _fashion_labels(source: Op) -> tuple[int, ...] | None:
         if isinstance(base, str) and base:
             path = Path(base).expanduser()
             folders += [path, path / "fashion-mnist", path / "FashionMNIST" / "raw"]
-    folders.append(_FASHION_SYSTEM_DIR)
+    folders += [Path(f) for f in _known(source).system_folders]
     for folder in folders:
         for name in ("train-labels-idx1-ubyte.gz", "train-labels-idx1-ubyte"):
             path = folder / name

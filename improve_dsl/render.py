@@ -178,6 +178,12 @@ class ScriptContext:
     tta_templates: tuple[str, ...]
     tta_calls: tuple[OpCall, ...]
     imports: tuple[Import, ...]
+    dataset: registry.DatasetFacts | None  # the built-in dataset's facts (class names, files)
+    # For a ``layers`` list: whether the input of each layer is a vector (after flatten or
+    # linear, kept by activations and dropout) rather than images, and whether the last
+    # layer's output is, so a linear layer and the classifier flatten only images.
+    layer_input_flat: tuple[bool, ...]
+    layers_output_flat: bool
 
 
 # Constant names that are not simply the parameter's name in capitals.
@@ -215,7 +221,6 @@ _HELPERS: dict[str, tuple[str, ...]] = {
     "tta/translate.py.jinja": ("shift",),
 }
 _HELPER_ORDER = ("shift", "affine", "box", "gray", "policy")
-_MIXING_OPS = frozenset({"mixup", "cutmix"})
 
 # Imports the script may carry, in order; each is kept only when the code uses a name it binds
 # (see render_script). torch itself is always imported.
@@ -341,11 +346,30 @@ def _unique(items: list[str]) -> tuple[str, ...]:
     return tuple(dict.fromkeys(items))
 
 
+def _mixes_labels(op: Op) -> bool:
+    comp = registry.component("augment", op.name)
+    return comp is not None and comp.mixes_labels
+
+
+def _layer_shapes(layers: tuple[Op, ...]) -> tuple[tuple[bool, ...], bool]:
+    """Whether each layer's input is flat (vectors), and whether the last output is."""
+    flat = False
+    inputs = []
+    for op in layers:
+        inputs.append(flat)
+        comp = registry.component("layer", op.name)
+        output = comp.output if comp is not None else "image"
+        if output != "same":
+            flat = output == "vector"
+    return tuple(inputs), flat
+
+
 def _context(spec: Spec, imports: tuple[Import, ...]) -> ScriptContext:
     augment_templates = _unique([_template("augment", op) for op in spec.augment.ops])
     tta_templates = _unique([_template("tta", op) for op in spec.eval.tta])
     wanted = {h for t in (*augment_templates, *tta_templates) for h in _HELPERS.get(t, ())}
     helpers = tuple(f"augment/_{h}.py.jinja" for h in _HELPER_ORDER if h in wanted)
+    layer_input_flat, layers_output_flat = _layer_shapes(spec.model.layers)
     return ScriptContext(
         spec_path=spec.path,
         constants=_constants(spec),
@@ -355,10 +379,9 @@ def _context(spec: Spec, imports: tuple[Import, ...]) -> ScriptContext:
         helper_templates=helpers,
         augment_templates=augment_templates,
         augment_calls=tuple(
-            OpCall(op.name, tuple(op.params.items()), op.name in _MIXING_OPS)
-            for op in spec.augment.ops
+            OpCall(op.name, tuple(op.params.items()), _mixes_labels(op)) for op in spec.augment.ops
         ),
-        mixes_labels=any(op.name in _MIXING_OPS for op in spec.augment.ops),
+        mixes_labels=any(_mixes_labels(op) for op in spec.augment.ops),
         optimizer_template=_template("optimizer", spec.train.optimizer),
         schedule_template=_template("schedule", spec.train.schedule),
         loss_template=_template("loss", spec.train.loss),
@@ -366,6 +389,9 @@ def _context(spec: Spec, imports: tuple[Import, ...]) -> ScriptContext:
         tta_templates=tta_templates,
         tta_calls=tuple(OpCall(f"tta_{op.name}", tuple(op.params.items())) for op in spec.eval.tta),
         imports=imports,
+        dataset=registry.dataset_facts(spec.data.source.name),
+        layer_input_flat=layer_input_flat,
+        layers_output_flat=layers_output_flat,
     )
 
 

@@ -22,10 +22,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .journal import RECORD_FIELDS
+from .journal import BASELINE, RECORD_FIELDS
+from .journal import STATUSES as ATTEMPT_STATUSES
 from .refine.live import fmt_delta, fmt_metric
 
-STATUSES = ("baseline", "accepted", "rejected", "invalid", "failed", "pruned", "cached")
+STATUSES = (BASELINE, *ATTEMPT_STATUSES)  # iteration 0 shows as "baseline"
 
 # One colour per status, shared by the plot and the page so a point and its row match.
 STATUS_COLOURS = {

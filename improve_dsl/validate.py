@@ -21,7 +21,7 @@ from .ir import (
     Spec,
     TrainBlock,
 )
-from .registry import BlockSpec, Component, FieldSpec, Param, ParamValue
+from .registry import BlockSpec, Choices, Component, FieldSpec, Param, ParamValue
 from .syntax import (
     Arg,
     Block,
@@ -308,7 +308,7 @@ class _Validator:
         where: str,
         minimum: float | None,
         maximum: float | None,
-        choices: tuple[str, ...],
+        choices: Choices,
         optional: bool,
     ) -> Any:
         none_hint = " or none" if optional else ""
@@ -320,18 +320,19 @@ class _Validator:
             if isinstance(value, String):
                 return value.value
             self.expected(value, f'a string like "path/to/data"{none_hint}', where)
+        words = [str(choice) for choice in choices]
         if kind == "enum":
-            if isinstance(value, Name) and value.value in choices:
+            if isinstance(value, Name) and value.value in words:
                 return value.value
             if isinstance(value, (Name, String)):
                 word = value.value
                 self.error(
                     _value_span(value),
                     f"'{word}' is not a choice for {where}",
-                    did_you_mean(word, choices) or f"choose {one_of(choices)}",
+                    did_you_mean(word, words) or f"choose {one_of(words)}",
                 )
                 raise _Invalid
-            self.expected(value, one_of(choices), where)
+            self.expected(value, one_of(words), where)
         # numbers
         if not isinstance(value, Number):
             article = "an integer" if kind == "int" else "a number"
@@ -351,9 +352,9 @@ class _Validator:
             if not math.isfinite(number):
                 self.error(value.span, f"the number {value.text} is out of range for {where}")
                 raise _Invalid
-        if choices and str(number) not in choices:
+        if choices and number not in choices:
             self.error(
-                value.span, f"{value.text} is not a choice for {where}", f"choose {one_of(choices)}"
+                value.span, f"{value.text} is not a choice for {where}", f"choose {one_of(words)}"
             )
             raise _Invalid
         if minimum is not None and number < minimum:

@@ -23,7 +23,7 @@ MAX_CURVE_ROWS = 30
 EXPERT_SYSTEM = """\
 You improve image-classification training pipelines written in `.imp`, a small declarative \
 language that is compiled into a PyTorch training script. A spec is a list of blocks \
-(pipeline, data, augment, model, train, eval); each block holds one `field = value` per line; \
+({blocks}); each block holds one `field = value` per line; \
 a value is a number, a string, true/false, a name, a call such as `sgd(lr = 0.1)` or a list \
 `[a, b]`. Comments start with `#`.
 
@@ -35,8 +35,7 @@ Rules:
 Markdown headings, no other block{fence_rule}.
 - Use only the fields and ops in the block reference; a field you leave out takes its default.
 - Never write Python; it would not run.
-- Locked fields (the metric, the data source, the validation split) are not yours: leave them \
-out and they are kept as they are.
+- Locked fields ({locked}) are not yours: leave them out and they are kept as they are.
 - Put the reason for your change in a `#` comment at the end of the first line \
 (`{first} {{  # why: ...`).
 - Prefer one or two well-founded changes. Learn from the earlier attempts: do not repeat a \
@@ -57,6 +56,8 @@ def _what(blocks: Sequence[str]) -> str:
 def expert_system(blocks: Sequence[str], metric_name: str, *, constrained: bool) -> str:
     """The expert's system prompt: the language, the one-block rule, no Python."""
     return EXPERT_SYSTEM.format(
+        blocks=", ".join(registry.BLOCK_NAMES),
+        locked=", ".join(f"{b}.{f}" for b, f in registry.locked_fields()),
         what=_what(blocks),
         metric=metric_name,
         fence_rule="" if constrained else FENCE_RULE,

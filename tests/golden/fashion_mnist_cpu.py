@@ -227,7 +227,7 @@ def stratified_split(
     return taken, keep.nonzero().flatten()
 
 
-FASHION_MNIST_CLASSES = [
+FASHION_MNIST_CLASSES = (
     "T-shirt/top",
     "Trouser",
     "Pullover",
@@ -238,7 +238,7 @@ FASHION_MNIST_CLASSES = [
     "Sneaker",
     "Bag",
     "Ankle boot",
-]
+)
 SYSTEM_FOLDER = Path("/usr/share/datasets/fashion-mnist")  # Debian's dataset-fashion-mnist
 IDX_FILES = (
     "train-images-idx3-ubyte",
