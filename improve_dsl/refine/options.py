@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import os
 from collections.abc import Mapping
@@ -17,6 +18,22 @@ from .expert import Expert, ExpertError
 from .select import SELECTORS
 
 STRATEGIES = ("iterative", "all-at-once")
+
+# The flags whose absence on the command line means "the default" (with --resume: "as the run
+# had it"), so that a resumed run changes only what its command line names.
+OPTIONAL_FLAGS = (
+    "iters",
+    "parallel",
+    "timeout",
+    "budget_minutes",
+    "max_cost",
+    "device",
+    "threads",
+    "test",
+    "prune",
+    "executor",
+    "ray_address",
+)
 
 
 class RefineError(Exception):
@@ -79,6 +96,38 @@ class RefineOptions:
             raise RefineError("--budget-minutes must be positive")
         if self.max_cost is not None and self.max_cost < 0:
             raise RefineError("--max-cost must be 0 or more")
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> RefineOptions:
+        """The options an ``improve refine`` command line asks for (defaults where absent)."""
+        defaults = cls()
+        given = {
+            name: (value if value is not None else getattr(defaults, name))
+            for name, value in cls.given_flags(args).items()
+        }
+        return cls(
+            expert=args.expert,
+            base_url=args.base_url,
+            select=args.select,
+            strategy=args.strategy,
+            zero_shot=args.zero_shot,
+            seeds=args.seeds,
+            min_delta=args.min_delta,
+            run_dir=Path(args.run_dir) if args.run_dir else None,
+            resume=Path(args.resume) if args.resume else None,
+            git=args.git,
+            expert_seed=args.expert_seed,
+            **given,
+        )
+
+    @staticmethod
+    def given_flags(args: argparse.Namespace) -> dict[str, Any]:
+        """The ``OPTIONAL_FLAGS`` of a command line, None where not given; ``--ray-address``
+        implies ``--executor ray``."""
+        given = {name: getattr(args, name) for name in OPTIONAL_FLAGS}
+        if given["ray_address"] is not None:
+            given["executor"] = "ray"
+        return given
 
     def to_json(self) -> dict[str, Any]:
         value = dataclasses.asdict(self)
