@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import math
 import os
 import tempfile
 import time
@@ -144,34 +145,105 @@ class Record:
 
     @classmethod
     def from_json(cls, value: Mapping[str, Any]) -> Record:
-        """A record from its JSON object; missing optional fields take their defaults."""
+        """A record from its JSON object; missing optional fields take their defaults.
+
+        Raises ValueError naming the field when one has the wrong type (a hand-edited or
+        foreign journal), so that no reader ever sees a score that is not a number.
+        """
+        if not isinstance(value, Mapping):
+            raise ValueError("not a JSON object")
         known = {name: value[name] for name in RECORD_FIELDS if name in value}
+        for name in ("iteration", "block", "status", "metric", "incumbent_metric", "spec_sha256"):
+            if name not in known:
+                raise ValueError(f"no {name}")
+        for name, kinds in _FIELD_TYPES.items():
+            if name in known and not _has_type(known[name], kinds):
+                raise ValueError(f"{name} is not {_TYPE_WORDS[kinds]}")
         extras = {k: v for k, v in value.items() if k not in RECORD_FIELDS}
         return cls(**known, extras=extras)
 
 
-def read_journal(path: Path) -> list[Record]:
-    """Every complete record in a journal file, in file order.
+_NUMBER, _OPTIONAL_NUMBER, _TEXT, _WHOLE = "number", "number or null", "text", "whole number"
+_TYPE_WORDS = {
+    _NUMBER: "a number",
+    _OPTIONAL_NUMBER: "a number or null",
+    _TEXT: "text",
+    _WHOLE: "a whole number",
+}
+_FIELD_TYPES = {
+    "iteration": _WHOLE,
+    "block": _TEXT,
+    "status": _TEXT,
+    "metric": _OPTIONAL_NUMBER,
+    "incumbent_metric": _OPTIONAL_NUMBER,
+    "spec_sha256": _TEXT,
+    "diff": _TEXT,
+    "rationale": _TEXT,
+    "expert": _TEXT,
+    "tokens": _WHOLE,
+    "cost_usd": _NUMBER,
+    "seconds": _NUMBER,
+}
 
-    A last line without its newline, or one that is not JSON, is what a kill mid-write leaves:
-    it is skipped (that attempt did not finish). A bad line elsewhere is skipped too.
+
+def _has_type(value: Any, kind: str) -> bool:
+    if kind == _TEXT:
+        return isinstance(value, str)
+    if kind == _OPTIONAL_NUMBER and value is None:
+        return True
+    # bool is an int subclass in Python; true/false in a score field is a writer's bug.
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    return isinstance(value, int) if kind == _WHOLE else math.isfinite(value)
+
+
+@dataclass(frozen=True)
+class JournalScan:
+    """What a journal file holds: its usable records in file order, and a note for each line
+    that was skipped (``line 9 of journal.jsonl is incomplete ...``)."""
+
+    records: list[Record]
+    notes: list[str]
+
+
+def scan_journal(path: Path) -> JournalScan:
+    """The one reader of journal files: every complete record, and why any line was skipped.
+
+    A last line without its newline is what a kill mid-write leaves: that attempt did not
+    finish, and it is skipped. A bad line elsewhere (not JSON, not a record) is skipped too,
+    since the rest of the run is still worth reading.
     """
     try:
         data = path.read_bytes()
     except FileNotFoundError:
-        return []
+        return JournalScan([], [])
     records: list[Record] = []
+    notes: list[str] = []
     lines = data.split(b"\n")
-    # The piece after the last newline is a torn write (or empty): never a finished record.
-    for raw in lines[:-1]:
+    for number, raw in enumerate(lines, start=1):
         if not raw.strip():
+            continue
+        if number == len(lines):  # after the last newline: a torn write, never a record
+            notes.append(
+                f"line {number} of {path.name} is incomplete (the run stopped while writing "
+                "it) and was skipped"
+            )
             continue
         try:
             value = json.loads(raw.decode("utf-8"))
-            records.append(Record.from_json(value))
-        except (ValueError, TypeError, KeyError):
+        except ValueError:
+            notes.append(f"line {number} of {path.name} is not JSON and was skipped")
             continue
-    return records
+        try:
+            records.append(Record.from_json(value))
+        except (ValueError, TypeError) as exc:
+            notes.append(f"line {number} of {path.name} is not a record ({exc}) and was skipped")
+    return JournalScan(records, notes)
+
+
+def read_journal(path: Path) -> list[Record]:
+    """Every complete record in a journal file, in file order (see ``scan_journal``)."""
+    return scan_journal(path).records
 
 
 # ---------------------------------------------------------------- the run directory
@@ -273,10 +345,15 @@ class RunDir:
 
     def records(self) -> list[Record]:
         """The finished attempts, in iteration order; the first record of an iteration wins."""
+        return self.read().records
+
+    def read(self) -> JournalScan:
+        """``records()`` and the notes about skipped lines (for readers that show them)."""
+        scan = scan_journal(self.journal_path)
         seen: dict[int, Record] = {}
-        for record in read_journal(self.journal_path):
+        for record in scan.records:
             seen.setdefault(record.iteration, record)
-        return [seen[i] for i in sorted(seen)]
+        return JournalScan([seen[i] for i in sorted(seen)], scan.notes)
 
     # ------------------------------------------------------------ state, best, final
 

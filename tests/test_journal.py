@@ -18,6 +18,7 @@ from improve_dsl.journal import (
     atomic_write_text,
     read_journal,
     runs_root,
+    scan_journal,
 )
 
 
@@ -126,3 +127,26 @@ def test_cache_keys_separate_scripts_seeds_splits_and_overrides(tmp_path: Path) 
     assert cache.key("print(1)", 0, "val", batch_size=None) == key
     for other in others:
         assert cache.get(other) is None
+
+
+def test_records_with_wrong_types_are_skipped_with_a_note(tmp_path: Path) -> None:
+    path = tmp_path / "journal.jsonl"
+    good = _record(1).to_json()
+    lines = [
+        json.dumps(good),
+        json.dumps({**good, "iteration": 2, "metric": "0.9"}),
+        json.dumps({**good, "iteration": 3, "tokens": 1.5}),
+        json.dumps({**good, "iteration": 4, "seconds": True}),
+        json.dumps({k: v for k, v in good.items() if k != "block"}),
+        "[1, 2]",
+    ]
+    path.write_text("\n".join(lines) + "\n")
+    scan = scan_journal(path)
+    assert [r.iteration for r in scan.records] == [1]
+    assert scan.notes == [
+        "line 2 of journal.jsonl is not a record (metric is not a number or null) and was skipped",
+        "line 3 of journal.jsonl is not a record (tokens is not a whole number) and was skipped",
+        "line 4 of journal.jsonl is not a record (seconds is not a number) and was skipped",
+        "line 5 of journal.jsonl is not a record (no block) and was skipped",
+        "line 6 of journal.jsonl is not a record (not a JSON object) and was skipped",
+    ]

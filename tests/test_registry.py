@@ -235,7 +235,7 @@ def test_the_command_line_offers_the_registry_choices() -> None:
 
 
 def test_one_list_of_attempt_statuses() -> None:
-    assert (journal.BASELINE, *journal.STATUSES) == report.STATUSES
+    assert (journal.BASELINE, *journal.STATUSES) == report.KINDS
     assert set(live.STATUS_STYLES) <= set(journal.STATUSES) | {journal.BASELINE}
     assert tuple(s for s in journal.STATUSES if s != "accepted") == journal.NOT_ACCEPTED
 

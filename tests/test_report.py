@@ -1,5 +1,6 @@
-"""`improve report`: the HTML page and plot of a refinement run, checked as text and in a real
-headless Chromium (screenshot not blank, no console errors, hostile journal text inert)."""
+"""`improve report` of a real refinement run (the loop run once on digits, in this session):
+the page and the plot checked as text, as a matplotlib figure and in a real headless Chromium
+(screenshot not blank, no console errors, hostile journal text inert)."""
 
 from __future__ import annotations
 
@@ -10,19 +11,27 @@ import re
 import shutil
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 from PIL import Image
 
+from improve_dsl import cli
+from improve_dsl.display import fmt_delta, fmt_metric
+from improve_dsl.journal import BASELINE, RunDir
+from improve_dsl.refine.live import make_reporter
+from improve_dsl.refine.loop import refine
+from improve_dsl.refine.options import RefineOptions, RefineResult
 from improve_dsl.report import (
     ReportError,
+    build_figure,
     incumbent_trace,
-    read_journal,
+    read_run,
     write_report,
 )
 
-SAMPLE = Path(__file__).parent / "fixtures" / "run_sample"
+ROOT = Path(__file__).resolve().parent.parent
 CHROMIUM = Path("/usr/bin/chromium")
 needs_chromium = pytest.mark.skipif(
     not CHROMIUM.exists(),
@@ -31,10 +40,45 @@ needs_chromium = pytest.mark.skipif(
 )
 
 
+# ---------------------------------------------------------------- the real run
+
+
+@dataclass(frozen=True)
+class RealRun:
+    """A finished refinement: its folder, what the terminal printed, what refine returned."""
+
+    path: Path
+    terminal: str
+    result: RefineResult
+
+
+@pytest.fixture(scope="session")
+def real_run(tmp_path_factory: pytest.TempPathFactory) -> RealRun:
+    """The real loop on digits, once per session: one epoch per run, two iterations (a train
+    rewrite that is kept, then a reply that does not validate), and the final test score."""
+    folder = tmp_path_factory.mktemp("real_run")
+    spec = folder / "digits.imp"
+    spec.write_text((ROOT / "specs" / "digits.imp").read_text().replace("epochs = 4", "epochs = 1"))
+    proposals = [
+        {
+            "block": "train",
+            "text": "train {\n  epochs = 1\n  optimizer = sgd(lr = 0.1, momentum = 0.9)\n}\n",
+            "rationale": "plain SGD at lr 0.01 barely moves in one epoch: val_loss < train_loss",
+        },
+        {"block": "model", "text": "model {\n  arch = mlp(widht = 64)\n}\n"},
+    ] + [{"block": "model", "text": "model {\n  arch = mlp(widht = 64)\n}\n"}] * 3
+    replay = folder / "replay.jsonl"
+    replay.write_text("".join(json.dumps(p) + "\n" for p in proposals))
+    terminal = io.StringIO()
+    options = RefineOptions(iters=2, expert=f"replay:{replay}", select="analyst")
+    result = refine(spec, options, make_reporter(stream=terminal))
+    return RealRun(result.run_dir, terminal.getvalue(), result)
+
+
 @pytest.fixture
-def run_dir(tmp_path: Path) -> Path:
-    """A writable copy of the sample run (the report is written into the run by default)."""
-    return Path(shutil.copytree(SAMPLE, tmp_path / "run"))
+def run_dir(real_run: RealRun, tmp_path: Path) -> Path:
+    """A writable copy of the real run (the report is written into the run by default)."""
+    return Path(shutil.copytree(real_run.path, tmp_path / "run"))
 
 
 def _data_uri_png(page: str) -> bytes:
@@ -44,56 +88,95 @@ def _data_uri_png(page: str) -> bytes:
 
 
 def _text(page: str) -> str:
-    """The page's visible text, roughly: tags dropped, entities kept."""
-    return re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", page))
+    """The page's visible text, roughly: inline tags dropped, others a space, entities kept."""
+    inline = re.sub(r"</?(?:span|code|a)\b[^>]*>", "", page)
+    return re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", inline))
+
+
+def _card(page: str, key: str) -> str:
+    match = re.search(rf'<div class="k">{key}</div>(.*?)</div></div>', page)
+    assert match, f"no card {key!r}"
+    return _text(match.group(1)).strip()
 
 
 # ---------------------------------------------------------------- content
 
 
-def test_sample_report_has_plot_attempts_totals_and_test_score(run_dir: Path) -> None:
-    paths = write_report(run_dir)
-    assert paths.html == run_dir / "report.html"
-    assert paths.png == run_dir / "report.png"
-    page = paths.html.read_text(encoding="utf-8")
+def test_the_run_the_report_is_built_from(real_run: RealRun) -> None:
+    records = RunDir(real_run.path).records()
+    assert [(r.iteration, r.block, r.status) for r in records] == [
+        (0, BASELINE, "accepted"),
+        (1, "train", "accepted"),
+        (2, "model", "invalid"),
+    ]
+    assert "attempts: 1 accepted, 1 invalid" in real_run.terminal
+    assert real_run.result.test_metric is not None
 
-    png = paths.png.read_bytes()
-    assert _data_uri_png(page) == png  # the page embeds exactly the plot written beside it
+
+def test_baseline_gain_attempts_and_metric_name_match_the_terminal(
+    real_run: RealRun, run_dir: Path
+) -> None:
+    result = real_run.result
+    page = write_report(run_dir).html.read_text(encoding="utf-8")
+    assert result.start_metric is not None and result.best_metric is not None
+    assert _card(page, "baseline") == f"{fmt_metric(result.start_metric)} validation accuracy"
+    gain = fmt_delta(result.best_metric, result.start_metric)
+    assert gain.startswith("+")
+    assert _card(page, "best") == (
+        f"{fmt_metric(result.best_metric)} validation accuracy {gain} gain over baseline"
+    )
+    # The terminal said "attempts: 1 accepted, 1 invalid": two, the baseline not among them.
+    counts = re.search(r"attempts: (.*?);", real_run.terminal)
+    assert counts
+    said = sum(int(part.split()[0]) for part in counts.group(1).split(", "))
+    assert _card(page, "attempts") == f"{said} 1 accepted; 1 invalid"
+    assert f"total ({said} attempts, 1 accepted)" in _text(page)
+    test = _card(page, "test accuracy")
+    assert test.startswith(fmt_metric(result.test_metric))
+    assert page.count(fmt_metric(result.test_metric)) == 1  # never among validation scores
+    assert "<h2>Validation accuracy per iteration</h2>" in page
+
+
+def test_the_plot_names_the_metric_and_draws_the_baseline_apart(run_dir: Path) -> None:
+    report = read_run(run_dir)
+    axes = build_figure(report).axes[0]
+    assert axes.get_ylabel() == "validation accuracy"
+    points = {str(c.get_label()): [tuple(xy) for xy in c.get_offsets()] for c in axes.collections}
+    baseline = report.attempts[0].record.metric
+    assert points["baseline"] == [(0.0, baseline)]
+    assert points["accepted"] == [(1.0, report.attempts[1].record.metric)]  # not iteration 0
+    assert len(points["invalid (no score)"]) == 1
+    png = write_report(run_dir).png.read_bytes()
     plot = Image.open(io.BytesIO(png)).convert("RGB")
     assert plot.size == (1056, 484)
     assert len(plot.getcolors(maxcolors=1 << 20) or []) > 50  # real drawing, not a blank canvas
 
-    # One row per journal record, each status shown, the accepted rows linked to their diffs.
-    for status in ("baseline", "accepted", "rejected", "invalid", "failed", "pruned", "cached"):
-        assert f">{status}</span>" in page
-    assert page.count('<tr><td class="num"><a href="#attempt-') == 8
-    assert 'id="attempt-7"' in page
 
-    text = _text(page)
-    # Totals: 7 attempts after the baseline, 40.3 s, $0.0261, 23,188 tokens.
-    assert "total (7 attempts, 2 accepted)" in text
-    assert "40.3 s" in text and "$0.0261" in text and "23,188" in text
-    # Baseline, best and the gain, then the test score in its own card.
-    assert "baseline 0.8889 validation accuracy" in text
-    assert "0.9861" in text and "+0.0972 over baseline" in text
-    test_card = re.search(r'<div class="card test">(.*?)</div></div>', page)
-    assert test_card and "test accuracy" in test_card.group(1)
-    assert "0.9778" in test_card.group(1)
-    assert page.count("0.9778") == 1  # the test score appears nowhere among validation scores
-
-    # Rationales, failure notes and the coloured diff lines.
-    assert "the model underfits" in text
-    assert "nan_loss: training loss became NaN at epoch 2" in page
-    assert "4 pooling stages shrink 8x8 images" in page
-    assert '<span class="da">+  arch = cnn(channels = [32, 64], convs_per_stage = 1)</span>' in page
-    assert '<span class="dd">-  arch = mlp(width = 32, depth = 1)</span>' in page
-    assert '<span class="dk">@@ -22,5 +22,5 @@</span>' in page
-    # "val_loss < train_loss" in a rationale arrives as text.
-    assert "val_loss &lt; train_loss" in page
-
+def test_each_iteration_shows_block_change_delta_why_and_time(run_dir: Path) -> None:
+    paths = write_report(run_dir)
+    page = paths.html.read_text(encoding="utf-8")
+    assert _data_uri_png(page) == paths.png.read_bytes()
+    records = RunDir(run_dir).records()
+    kept = records[1]
+    section = re.search(r'id="attempt-1">(.*?)</section>', page, re.S)
+    assert section
+    text = _text(section.group(1))
+    assert "iteration 1: train accepted" in text
+    assert f"({fmt_delta(kept.metric, records[0].metric)} vs {fmt_metric(records[0].metric)})" in (
+        text
+    )
+    assert "why plain SGD at lr 0.01 barely moves in one epoch: val_loss &lt; train_loss" in text
+    assert re.search(r"block chosen because replayed from \S*replay\.jsonl:1 ", text)
+    assert re.search(r"time \d+\.\d s \(\d+\.\d s proposing and checking\)", text)
+    assert '<span class="da">+  optimizer = sgd(lr = 0.1, momentum = 0.9)</span>' in page
+    assert '<span class="dd">-  epochs = 1</span>' not in page  # the unchanged line is context
+    invalid = re.search(r'id="attempt-2">(.*?)</section>', page, re.S)
+    assert invalid and "unknown parameter &#39;widht&#39; of &#39;mlp&#39;" in invalid.group(1)
+    # Not the loop's bookkeeping.
+    for internal in ("propose_seconds", "cached", "retries", "selector", "candidates/1", "move"):
+        assert not re.search(rf"\b{internal}\b", _text(page)), internal
     # The best spec and the start → best diff.
     assert "Best spec" in page and '<span class="dh">+++ best.imp</span>' in page
-    assert "+  epochs = 10" in page
 
 
 def test_page_is_self_contained(run_dir: Path) -> None:
@@ -116,24 +199,15 @@ def test_output_path_and_png_beside_it(run_dir: Path, tmp_path: Path) -> None:
     assert "digits-run.png" in out.read_text(encoding="utf-8")
 
 
-def test_incumbent_follows_accepted_attempts() -> None:
-    attempts = read_journal(SAMPLE / "journal.jsonl").attempts
-    assert [a.status for a in attempts][:2] == ["baseline", "accepted"]
-    assert incumbent_trace(attempts) == [
-        0.8889,
-        0.9583,
-        0.9583,
-        0.9583,
-        0.9583,
-        0.9583,
-        0.9583,
-        0.9861,
-    ]
+def test_incumbent_follows_accepted_attempts(run_dir: Path) -> None:
+    records = RunDir(run_dir).records()
+    start, kept = records[0].metric, records[1].metric
+    assert incumbent_trace(records) == [start, kept, kept]
 
 
 def _hostile_run(run_dir: Path) -> Path:
     record = {
-        "iteration": 8,
+        "iteration": 3,
         "block": "<img src=x onerror=alert(1)>",
         "status": "rejected",
         "metric": 0.5,
@@ -147,7 +221,7 @@ def _hostile_run(run_dir: Path) -> Path:
         "cost_usd": 0.0,
         "seconds": 1.0,
         "reason": "<style>body{display:none}</style>",
-        "move": "<b>bold</b>",
+        "selection": "<b>bold</b>",
     }
     with (run_dir / "journal.jsonl").open("a", encoding="utf-8") as f:
         f.write(json.dumps(record) + "\n")
@@ -163,7 +237,7 @@ def test_journal_text_is_escaped(run_dir: Path) -> None:
     assert "<b>bold</b>" not in page and "<!--" not in page
     assert lowered.count("<style") == 1  # only the page's own stylesheet
     # Shown as text, not dropped.
-    assert "&lt;script&gt;document.title=&#x27;pwned-rationale&#x27;&lt;/script&gt;" in page
+    assert "&lt;script&gt;document.title=&#39;pwned-rationale&#39;&lt;/script&gt;" in page
     assert "&lt;img src=x onerror=alert(1)&gt;" in page
     assert "# &lt;/pre&gt;&lt;script&gt;" in page
     assert "&lt;b&gt;bold&lt;/b&gt;" in page
@@ -174,33 +248,39 @@ def test_journal_text_is_escaped(run_dir: Path) -> None:
 
 def test_torn_last_line_is_skipped_with_a_note(run_dir: Path) -> None:
     with (run_dir / "journal.jsonl").open("a", encoding="utf-8") as f:
-        f.write('{"iteration": 8, "block": "augment", "status": "acc')  # a crash mid-write
+        f.write('{"iteration": 3, "block": "augment", "status": "acc')  # a crash mid-write
     page = write_report(run_dir).html.read_text(encoding="utf-8")
-    assert "line 9 of journal.jsonl is incomplete" in page
-    assert "total (7 attempts, 2 accepted)" in _text(page)
+    assert "line 4 of journal.jsonl is incomplete" in page
+    assert "total (2 attempts, 1 accepted)" in _text(page)
 
 
-def test_bad_middle_line_and_odd_values_do_not_stop_the_report(run_dir: Path) -> None:
+def test_lines_that_are_not_records_are_skipped_with_a_note(run_dir: Path) -> None:
     lines = (run_dir / "journal.jsonl").read_text().splitlines()
-    lines.insert(2, "not json at all")
-    odd = json.loads(lines[3])
-    odd.update(metric=None, tokens="many", seconds=None, cost_usd=True, block=None)
-    lines[3] = json.dumps(odd)
+    odd = {**json.loads(lines[2]), "iteration": 3, "metric": "0.9", "tokens": "many"}
+    lines[2:2] = ["not json at all", json.dumps(odd)]
     (run_dir / "journal.jsonl").write_text("\n".join(lines) + "\n")
     page = write_report(run_dir).html.read_text(encoding="utf-8")
-    assert "line 3 of journal.jsonl is not a JSON object" in page
-    assert "total (7 attempts, 2 accepted)" in _text(page)
+    assert "line 3 of journal.jsonl is not JSON and was skipped" in page
+    assert "line 4 of journal.jsonl is not a record (metric is not a number or null)" in page
+    assert "total (2 attempts, 1 accepted)" in _text(page)
 
 
 def test_run_without_final_start_or_best(run_dir: Path) -> None:
     for name in ("final.json", "start.imp", "best.imp"):
         (run_dir / name).unlink()
     page = write_report(run_dir).html.read_text(encoding="utf-8")
-    assert "not scored yet" in page and "0.9778" not in page
+    assert "not scored yet" in page
     assert 'class="card test"' not in page
     assert "Best spec" not in page
-    assert "validation metric" in page  # no metric name known without final.json
+    assert "validation metric" in page  # no metric name known without final.json or a spec
     assert "<h1>Refinement of <code>run</code></h1>" in page  # named after the directory
+
+
+def test_without_final_json_the_metric_is_read_from_the_spec(run_dir: Path) -> None:
+    (run_dir / "final.json").unlink()
+    page = write_report(run_dir).html.read_text(encoding="utf-8")
+    assert "<h2>Validation accuracy per iteration</h2>" in page
+    assert "<h1>Refinement of <code>digits</code></h1>" in page
 
 
 def test_broken_final_json_is_a_note(run_dir: Path) -> None:
@@ -223,53 +303,58 @@ def test_missing_and_empty_run_dirs_are_errors(tmp_path: Path) -> None:
 # ---------------------------------------------------------------- command line
 
 
-def _improve(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "improve_dsl.cli", *args],
+def test_cli_report(run_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "r.html"
+    assert cli.main(["report", str(run_dir), "-o", str(out)]) == 0
+    assert capsys.readouterr().out.strip() == f"wrote {out} (plot: {tmp_path / 'r.png'})"
+    assert out.is_file() and (tmp_path / "r.png").is_file()
+
+
+def test_cli_report_of_an_empty_folder_is_one_line_exit_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert cli.main(["report", str(tmp_path)]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err == (
+        f"improve: error: {tmp_path} has no journal.jsonl (is it a run directory of "
+        "`improve refine`?)\n"
+    )
+
+
+def test_cli_report_of_a_missing_folder_exits_2_without_a_traceback(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "improve_dsl.cli", "report", str(tmp_path / "absent")],
         capture_output=True,
         text=True,
         timeout=120,
     )
-
-
-def test_cli_report(run_dir: Path, tmp_path: Path) -> None:
-    out = tmp_path / "r.html"
-    done = _improve("report", str(run_dir), "-o", str(out))
-    assert done.returncode == 0, done.stderr
-    assert done.stdout.strip() == f"wrote {out} (plot: {tmp_path / 'r.png'})"
-    assert out.is_file() and (tmp_path / "r.png").is_file()
-
-
-@pytest.mark.parametrize("case", ["missing", "empty"])
-def test_cli_report_bad_run_dir_is_one_line_exit_2(tmp_path: Path, case: str) -> None:
-    target = tmp_path / "absent" if case == "missing" else tmp_path
-    done = _improve("report", str(target))
-    assert done.returncode == 2
-    assert done.stdout == ""
-    lines = done.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("improve: error: ")
-    assert "Traceback" not in done.stderr
+    assert done.returncode == 2 and done.stdout == ""
+    assert done.stderr == f"improve: error: no such run directory: {tmp_path / 'absent'}\n"
 
 
 # ---------------------------------------------------------------- real browser
 
 
-def _chromium(page: Path, workdir: Path) -> tuple[Path, list[str]]:
-    """Open ``page`` in headless Chromium; return its screenshot and the page's console lines
-    (errors, CSP violations, console.* calls)."""
+def _chromium(page: Path, workdir: Path) -> tuple[Path, list[str], str]:
+    """Open ``page`` in headless Chromium; return its screenshot, the page's console lines
+    (errors, CSP violations, console.* calls) and its text as the browser laid it out."""
+    common = [
+        str(CHROMIUM),
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        f"--user-data-dir={workdir / 'profile'}",
+    ]
     shot = workdir / "shot.png"
     done = subprocess.run(
         [
-            str(CHROMIUM),
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-quic",
-            "--no-first-run",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-            f"--user-data-dir={workdir / 'profile'}",
+            *common,
             "--enable-logging=stderr",
             "--v=0",
             f"--screenshot={shot}",
@@ -284,7 +369,14 @@ def _chromium(page: Path, workdir: Path) -> tuple[Path, list[str]]:
     console = [
         line for line in done.stderr.splitlines() if ":CONSOLE" in line or "Uncaught" in line
     ]
-    return shot, console
+    dom = subprocess.run(
+        [*common, "--dump-dom", page.resolve().as_uri()],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert dom.returncode == 0, dom.stderr[-2000:]
+    return shot, console, _text(dom.stdout)
 
 
 def _colours(shot: Path) -> int:
@@ -293,27 +385,38 @@ def _colours(shot: Path) -> int:
 
 
 @needs_chromium
+@pytest.mark.slow
 def test_browser_detects_console_errors(tmp_path: Path) -> None:
     """The check below can fail: a page with a script error is caught."""
     bad = tmp_path / "bad.html"
     bad.write_text("<!DOCTYPE html><p>x</p><script>undefined_function();</script>")
-    _, console = _chromium(bad, tmp_path)
+    _, console, _ = _chromium(bad, tmp_path)
     assert any("Uncaught ReferenceError" in line for line in console)
 
 
 @needs_chromium
-def test_sample_report_renders_in_chromium(run_dir: Path, tmp_path: Path) -> None:
-    shot, console = _chromium(write_report(run_dir).html, tmp_path)
+@pytest.mark.slow
+def test_real_run_report_renders_in_chromium(
+    real_run: RealRun, run_dir: Path, tmp_path: Path
+) -> None:
+    shot, console, text = _chromium(write_report(run_dir).html, tmp_path)
     assert console == []
-    assert shot.is_file()
     assert Image.open(shot).size == (1200, 2000)
     assert _colours(shot) > 200  # text, badges, diff colours and the plot, not a blank page
+    result = real_run.result
+    assert f"baseline {fmt_metric(result.start_metric)} validation accuracy" in text
+    gain = fmt_delta(result.best_metric, result.start_metric)
+    assert f"{gain} gain over baseline" in text
+    assert "attempts 2 1 accepted; 1 invalid" in text
+    assert "Validation accuracy per iteration" in text
 
 
 @needs_chromium
+@pytest.mark.slow
 def test_hostile_journal_runs_nothing_in_chromium(run_dir: Path, tmp_path: Path) -> None:
     # Escaped, the injected scripts are text; unescaped, the CSP would block them and log
     # a violation, so a silent console means nothing was even attempted.
-    shot, console = _chromium(write_report(_hostile_run(run_dir)).html, tmp_path)
+    shot, console, text = _chromium(write_report(_hostile_run(run_dir)).html, tmp_path)
     assert console == []
     assert _colours(shot) > 200
+    assert "document.title='pwned-rationale'" in text  # shown, as text

@@ -20,6 +20,7 @@ from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedCo
 from rich.table import Table
 from rich.text import Text
 
+from ..display import fmt_delta, fmt_metric
 from ..journal import Record
 
 STATUS_STYLES = {
@@ -83,16 +84,6 @@ class Reporter(Protocol):
     def finished(self, summary: Summary) -> None: ...
 
     def close(self) -> None: ...
-
-
-def fmt_metric(value: float | None) -> str:
-    return "—" if value is None else f"{value:.4f}"
-
-
-def fmt_delta(metric: float | None, incumbent: float | None) -> str:
-    if metric is None or incumbent is None:
-        return ""
-    return f"{metric - incumbent:+.4f}"
 
 
 def describe_record(record: Record) -> str:
