@@ -167,12 +167,14 @@ class ScriptContext:
     source_template: str
     validation_template: str
     in_memory: bool  # tensors on the device (every source but image_folder)
+    takes_data_root: bool  # the source reads files from a folder (--data-root overrides it)
     helper_templates: tuple[str, ...]
     augment_templates: tuple[str, ...]
     augment_calls: tuple[OpCall, ...]
     mixes_labels: bool
     optimizer_template: str
     schedule_template: str
+    schedule_arguments: tuple[str, ...] | None  # lr_factor's after `step`; None: no scheduler
     loss_template: str
     ema_template: str | None
     tta_templates: tuple[str, ...]
@@ -231,6 +233,7 @@ _IMPORTS = (
     Import("json"),
     Import("math"),
     Import("os"),
+    Import("pickle"),
     Import("sys"),
     Import("time"),
     Import("traceback"),
@@ -342,6 +345,18 @@ def _template(category: str, op: Op) -> str:
     return comp.template
 
 
+def _schedule_arguments(template: str) -> tuple[str, ...] | None:
+    """What the schedule's ``lr_factor`` takes after ``step``, read from its own fragment (the
+    one place that says), or None when the fragment defines no ``lr_factor`` (constant lr)."""
+    env = environment()
+    assert env.loader is not None
+    source, _, _ = env.loader.get_source(env, template)
+    for node in ast.parse(source).body:
+        if isinstance(node, ast.FunctionDef) and node.name == "lr_factor":
+            return tuple(arg.arg for arg in node.args.args[1:])
+    return None
+
+
 def _unique(items: list[str]) -> tuple[str, ...]:
     return tuple(dict.fromkeys(items))
 
@@ -376,6 +391,7 @@ def _context(spec: Spec, imports: tuple[Import, ...]) -> ScriptContext:
         source_template=_template("source", spec.data.source),
         validation_template=_template("validation", spec.data.validation),
         in_memory=spec.data.source.name != "image_folder",
+        takes_data_root="root" in spec.data.source.params,
         helper_templates=helpers,
         augment_templates=augment_templates,
         augment_calls=tuple(
@@ -384,6 +400,7 @@ def _context(spec: Spec, imports: tuple[Import, ...]) -> ScriptContext:
         mixes_labels=any(_mixes_labels(op) for op in spec.augment.ops),
         optimizer_template=_template("optimizer", spec.train.optimizer),
         schedule_template=_template("schedule", spec.train.schedule),
+        schedule_arguments=_schedule_arguments(_template("schedule", spec.train.schedule)),
         loss_template=_template("loss", spec.train.loss),
         ema_template=_template("ema", spec.train.ema) if spec.train.ema is not None else None,
         tta_templates=tta_templates,

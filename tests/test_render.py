@@ -59,6 +59,7 @@ def test_every_golden_has_a_spec() -> None:
     assert not stale, f"goldens without a spec in specs/: {sorted(stale)}"
 
 
+@pytest.mark.slow
 def test_goldens_are_mypy_clean() -> None:
     """One mypy run over every golden (slow: torch's stubs are large)."""
     goldens = sorted(GOLDEN.glob("*.py"))

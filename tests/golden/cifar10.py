@@ -26,6 +26,7 @@ import copy
 import json
 import math
 import os
+import pickle
 import sys
 import time
 import traceback
@@ -34,6 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -129,7 +131,18 @@ class Runtime:
 def cpu_has_bf16() -> bool:
     """Whether this CPU computes bf16 natively (AVX512-BF16 or AMX): there bf16 autocast
     makes oneDNN's convolutions about 1.7x faster; elsewhere it is emulated and slower."""
-    return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
+    try:
+        cpuinfo = Path("/proc/cpuinfo").read_text()
+    except OSError:  # not Linux
+        cpuinfo = ""
+    if cpuinfo:
+        return bool({"avx512_bf16", "amx_bf16"} & set(cpuinfo.split()))
+    # Elsewhere only torch's private probes know; a release without them means "no".
+    probes = [
+        getattr(torch.cpu, name, None)
+        for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    ]
+    return any(bool(probe()) for probe in probes if callable(probe))
 
 
 def pick_runtime(name: str) -> Runtime:
@@ -161,7 +174,7 @@ def pick_runtime(name: str) -> Runtime:
     return Runtime(device, amp_dtype, torch.channels_last)
 
 
-def score(predictions: Tensor, labels: Tensor, num_classes: int) -> float:
+def score(predictions: Tensor, labels: Tensor) -> float:
     """Accuracy: the share of images whose top prediction is right."""
     return float((predictions == labels).float().mean())
 
@@ -228,50 +241,100 @@ def stratified_split(
     return taken, keep.nonzero().flatten()
 
 
-def torchvision_sets(
-    title: str, root: str | None, make: Callable[[str, bool], Any]
-) -> tuple[Any, Any]:
-    """The train and test sets of a torchvision dataset, or a data_missing failure.
+def dataset_folder(
+    title: str, root: str | None, layouts: list[str], needs: list[str], fetch: Callable[[str], Any]
+) -> Path:
+    """The folder holding a dataset's files: root= (or --data-root), else $IMPROVE_DATA, else
+    ./data, tried as is and under each of `layouts` (the folders torchvision downloads to).
+    Missing, and the spec says download = true: fetch(folder) downloads them with torchvision."""
+    base = Path(root or DATA_ROOT or os.environ.get("IMPROVE_DATA") or "data")
+    candidates = [base, *(base / layout for layout in layouts)]
+    for attempt in ("look", "download"):
+        for folder in candidates:
+            if all((folder / name).is_file() for name in needs):
+                return folder
+        if attempt == "download" or not DOWNLOAD:
+            break
+        try:
+            fetch(str(base))
+        except (OSError, RuntimeError) as exc:  # offline: URLError; a bad checksum: RuntimeError
+            raise RunFailed(
+                "data_missing",
+                f"downloading {title} to {base} failed: {exc}; is "
+                "there a network? Or place its files under root=",
+            ) from None
+    raise RunFailed(
+        "data_missing",
+        f"{title} not found: looked for {', '.join(needs)} in {', '.join(map(str, candidates))}. "
+        "Set download = true in the spec's source to fetch it with torchvision (needs a network), "
+        "or point root= or $IMPROVE_DATA at a folder holding its files.",
+    )
 
-    The folder is root=, else $IMPROVE_DATA, else ./data; make(folder, train) builds one set.
-    """
-    folder = root or DATA_ROOT or os.environ.get("IMPROVE_DATA") or "data"
+
+class ArrayUnpickler(pickle.Unpickler):
+    """Unpickles plain containers and numpy arrays only: a dataset file cannot run code."""
+
+    ALLOWED = frozenset(
+        {
+            ("numpy", "ndarray"),
+            ("numpy", "dtype"),
+            ("numpy.core.multiarray", "_reconstruct"),
+            ("numpy._core.multiarray", "_reconstruct"),
+            ("_codecs", "encode"),  # how protocol 2 stores an array's bytes under Python 3
+        }
+    )
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) not in self.ALLOWED:
+            raise pickle.UnpicklingError(f"{module}.{name} is not allowed in a dataset file")
+        return super().find_class(module, name)
+
+
+def read_pickle(path: Path) -> dict[str, Any]:
+    """One of the dataset's pickled dicts, keys as str (the files were written by Python 2)."""
     try:
-        return make(folder, True), make(folder, False)
-    except (OSError, RuntimeError) as exc:  # torchvision: "Dataset not found"; offline: URLError
-        if DOWNLOAD:
-            hint = "the download failed: is there a network? Or place the files under root="
-        else:
-            hint = (
-                "set download = true in the spec's source to fetch it with torchvision "
-                "(needs a network), or point root= or $IMPROVE_DATA at a folder holding it"
-            )
-        raise RunFailed(
-            "data_missing", f"{title} not found under {folder} ({exc}); {hint}"
-        ) from None
+        with path.open("rb") as file:
+            loaded = ArrayUnpickler(file, encoding="latin1").load()
+    except (OSError, EOFError, pickle.UnpicklingError, ValueError) as exc:
+        raise RunFailed("data_missing", f"{path} is not a readable dataset pickle: {exc}") from None
+    if not isinstance(loaded, dict):
+        raise RunFailed("data_missing", f"{path} holds a {type(loaded).__name__}, not a dict")
+    return {key.decode() if isinstance(key, bytes) else key: value for key, value in loaded.items()}
+
+
+def pickled_split(path: Path, labels_key: str) -> Split:
+    """The images (rows of 3,072 bytes: the red, green and blue 32x32 planes) and labels."""
+    batch = read_pickle(path)
+    images = np.asarray(batch["data"], dtype=np.uint8).reshape(-1, 3, 32, 32)
+    labels = np.asarray(batch[labels_key], dtype=np.int64)
+    if len(images) != len(labels):
+        raise RunFailed("data_missing", f"{path} has {len(images)} images but {len(labels)} labels")
+    return Split(torch.from_numpy(images.copy()), torch.from_numpy(labels))
+
+
+CIFAR10_BATCHES = [f"data_batch_{i}" for i in range(1, 6)]
 
 
 def load_source(root: str | None) -> tuple[Split, Split, list[str]]:
-    """CIFAR-10 through torchvision (32x32 colour, stored as HWC uint8)."""
-    import torchvision  # only this source needs torchvision
+    """CIFAR-10 from its python pickles (cifar-10-batches-py: data_batch_1..5, test_batch,
+    batches.meta): 32x32 colour, 50,000 training and 10,000 test images."""
 
-    train, test = torchvision_sets(
+    def fetch(folder: str) -> None:
+        import torchvision  # only the download needs torchvision
+
+        torchvision.datasets.CIFAR10(folder, train=True, download=True)
+
+    folder = dataset_folder(
         "CIFAR-10",
         root,
-        lambda folder, is_train: torchvision.datasets.CIFAR10(
-            folder, train=is_train, download=DOWNLOAD
-        ),
+        ["cifar-10-batches-py"],
+        [*CIFAR10_BATCHES, "test_batch", "batches.meta"],
+        fetch,
     )
-    return (
-        Split(
-            torch.from_numpy(train.data).permute(0, 3, 1, 2).contiguous(),
-            torch.tensor(train.targets),
-        ),
-        Split(
-            torch.from_numpy(test.data).permute(0, 3, 1, 2).contiguous(), torch.tensor(test.targets)
-        ),
-        list(train.classes),
-    )
+    batches = [pickled_split(folder / name, "labels") for name in CIFAR10_BATCHES]
+    train = Split(torch.cat([b.images for b in batches]), torch.cat([b.labels for b in batches]))
+    test = pickled_split(folder / "test_batch", "labels")
+    return train, test, [str(name) for name in read_pickle(folder / "batches.meta")["label_names"]]
 
 
 def validation_split(labels: Tensor) -> tuple[Tensor, Tensor]:
@@ -345,7 +408,7 @@ def horizontal_flip(images: Tensor, p: float) -> Tensor:
     return torch.where(flip[:, None, None, None], images.flip(3), images)
 
 
-def augment_batch(images: Tensor, labels: Tensor, num_classes: int) -> tuple[Tensor, Tensor]:
+def augment_batch(images: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
     """The spec's augment ops, in order. Returns the images and the training targets
     (the labels)."""
     images = translate(images, pixels=2)
@@ -434,7 +497,7 @@ def make_optimizer(model: nn.Module, device: torch.device) -> torch.optim.Optimi
     )
 
 
-def lr_factor(step: int, total_steps: int, steps_per_epoch: int) -> float:
+def lr_factor(step: int, total_steps: int) -> float:
     """A linear warm-up over the first WARMUP of the steps, then a linear decay to zero (as
     airbench)."""
     warmup = WARMUP * total_steps
@@ -513,7 +576,7 @@ def evaluate(model: nn.Module, split: Split, data: Data, runtime: Runtime) -> tu
         targets.append(labels)
     model.train()
     labels = torch.cat(targets)
-    metric = score(torch.cat(predictions), labels, len(data.class_names))
+    metric = score(torch.cat(predictions), labels)
     return float(loss_sum) / len(labels), metric
 
 
@@ -568,10 +631,13 @@ def train(args: argparse.Namespace, history: list[dict[str, Any]]) -> dict[str, 
     steps_per_epoch = len(data.train) // batch_size
     total_steps = args.epochs * steps_per_epoch
     scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: lr_factor(step, total_steps, steps_per_epoch)
+        optimizer, lambda step: lr_factor(step, total_steps)
     )
     ema = EMA(model, EMA_DECAY)
     eval_model = ema.module
+    # fp16 gradients underflow without loss scaling; bf16 and fp32 need none, and there the
+    # scaler passes everything through unchanged. Precision is decided by pick_runtime alone.
+    scaler = torch.amp.GradScaler(runtime.device.type, enabled=runtime.amp_dtype == torch.float16)
     eval_size = len(data.val) if args.split == "val" else len(data.test)
     emit(
         {
@@ -596,13 +662,14 @@ def train(args: argparse.Namespace, history: list[dict[str, Any]]) -> dict[str, 
         order = order[: steps_per_epoch * batch_size].to(runtime.device)
         loss_sum = torch.zeros((), device=runtime.device)
         for images, labels in data.train.batches(order, batch_size):
-            inputs, targets = augment_batch(images.float().div_(255), labels, num_classes)
+            inputs, targets = augment_batch(images.float().div_(255), labels)
             inputs = normalise(inputs, data.mean, data.std, runtime.memory_format)
             with runtime.autocast():
                 loss = loss_fn(forward(inputs).float(), targets)
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
             scheduler.step()
             ema.update(model)
             loss_sum += loss.detach()

@@ -131,7 +131,18 @@ class Runtime:
 def cpu_has_bf16() -> bool:
     """Whether this CPU computes bf16 natively (AVX512-BF16 or AMX): there bf16 autocast
     makes oneDNN's convolutions about 1.7x faster; elsewhere it is emulated and slower."""
-    return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
+    try:
+        cpuinfo = Path("/proc/cpuinfo").read_text()
+    except OSError:  # not Linux
+        cpuinfo = ""
+    if cpuinfo:
+        return bool({"avx512_bf16", "amx_bf16"} & set(cpuinfo.split()))
+    # Elsewhere only torch's private probes know; a release without them means "no".
+    probes = [
+        getattr(torch.cpu, name, None)
+        for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    ]
+    return any(bool(probe()) for probe in probes if callable(probe))
 
 
 def pick_runtime(name: str) -> Runtime:
@@ -427,7 +438,7 @@ def horizontal_flip(images: Tensor, p: float) -> Tensor:
     return torch.where(flip[:, None, None, None], images.flip(3), images)
 
 
-def augment_batch(images: Tensor, labels: Tensor, num_classes: int) -> tuple[Tensor, Tensor]:
+def augment_batch(images: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
     """The spec's augment ops, in order. Returns the images and the training targets
     (the labels)."""
     images = random_crop(images, padding=4)
@@ -518,7 +529,7 @@ def make_optimizer(model: nn.Module, device: torch.device) -> torch.optim.Optimi
     )
 
 
-def lr_factor(step: int, total_steps: int, steps_per_epoch: int) -> float:
+def lr_factor(step: int, total_steps: int) -> float:
     """A linear warm-up over the first WARMUP of the steps, then a cosine decay to
     MIN_LR_RATIO x lr."""
     warmup = WARMUP * total_steps
@@ -623,9 +634,11 @@ def train(args: argparse.Namespace, history: list[dict[str, Any]]) -> dict[str, 
     steps_per_epoch = len(data.train) // batch_size
     total_steps = args.epochs * steps_per_epoch
     scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: lr_factor(step, total_steps, steps_per_epoch)
+        optimizer, lambda step: lr_factor(step, total_steps)
     )
-    eval_model = model
+    # fp16 gradients underflow without loss scaling; bf16 and fp32 need none, and there the
+    # scaler passes everything through unchanged. Precision is decided by pick_runtime alone.
+    scaler = torch.amp.GradScaler(runtime.device.type, enabled=runtime.amp_dtype == torch.float16)
     eval_size = len(data.val) if args.split == "val" else len(data.test)
     emit(
         {
@@ -642,7 +655,7 @@ def train(args: argparse.Namespace, history: list[dict[str, Any]]) -> dict[str, 
     )
 
     best_metric, best_epoch = -math.inf, 0
-    best_state = {k: v.detach().clone() for k, v in eval_model.state_dict().items()}
+    best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
     train_seconds, images_seen = 0.0, 0
     val_loss, val_metric = math.nan, math.nan
     for epoch in range(1, args.epochs + 1):
@@ -652,13 +665,14 @@ def train(args: argparse.Namespace, history: list[dict[str, Any]]) -> dict[str, 
         order = order[: steps_per_epoch * batch_size].to(runtime.device)
         loss_sum = torch.zeros((), device=runtime.device)
         for images, labels in data.train.batches(order, batch_size):
-            inputs, targets = augment_batch(images.float().div_(255), labels, num_classes)
+            inputs, targets = augment_batch(images.float().div_(255), labels)
             inputs = normalise(inputs, data.mean, data.std, runtime.memory_format)
             with runtime.autocast():
                 loss = loss_fn(forward(inputs).float(), targets)
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
             scheduler.step()
             loss_sum += loss.detach()
             images_seen += len(labels)
@@ -670,7 +684,7 @@ def train(args: argparse.Namespace, history: list[dict[str, Any]]) -> dict[str, 
                 f"the training loss became {train_loss} in epoch {epoch}; "
                 "try a lower learning rate or gradient clipping",
             )
-        val_loss, val_metric = evaluate(eval_model, data.val, data, runtime)
+        val_loss, val_metric = evaluate(model, data.val, data, runtime)
         if not math.isfinite(val_loss):
             raise RunFailed(
                 "nan_loss",
@@ -691,17 +705,17 @@ def train(args: argparse.Namespace, history: list[dict[str, Any]]) -> dict[str, 
         emit(event)
         if val_metric > best_metric:
             best_metric, best_epoch = val_metric, epoch
-            best_state = {k: v.detach().clone() for k, v in eval_model.state_dict().items()}
+            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
         elif epoch - best_epoch >= EARLY_STOPPING:
             break
 
     # Early stopping: keep, score and save the weights of the best validation epoch.
-    eval_model.load_state_dict(best_state)
+    model.load_state_dict(best_state)
     val_loss, val_metric = history[best_epoch - 1]["val_loss"], best_metric
 
     if args.split == "test":
         # The one look at the test split.
-        eval_loss, eval_metric = evaluate(eval_model, data.test, data, runtime)
+        eval_loss, eval_metric = evaluate(model, data.test, data, runtime)
     else:
         eval_loss, eval_metric = val_loss, val_metric
     result = {
@@ -716,7 +730,7 @@ def train(args: argparse.Namespace, history: list[dict[str, Any]]) -> dict[str, 
         "images_per_second": images_seen / max(train_seconds, 1e-9),
     }
     if args.out is not None:
-        state = {k: v.detach().cpu() for k, v in eval_model.state_dict().items()}
+        state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
         args.out.mkdir(parents=True, exist_ok=True)
         torch.save(
             {
