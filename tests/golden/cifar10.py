@@ -464,7 +464,7 @@ class AirbenchNet(nn.Module):
         return x
 
 
-def build_model(in_channels: int, num_classes: int, image_size: int) -> nn.Module:
+def build_model(in_channels: int, num_classes: int, _image_size: int) -> nn.Module:
     """The spec's airbench net for in_channels x image_size x image_size images."""
     return AirbenchNet(
         in_channels,
