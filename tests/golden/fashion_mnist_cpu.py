@@ -270,7 +270,7 @@ def find_idx(folder: Path) -> list[Path] | None:
     return found
 
 
-FASHION_MNIST_CLASSES = [
+FASHION_MNIST_CLASSES = (
     "T-shirt/top",
     "Trouser",
     "Pullover",
@@ -281,7 +281,7 @@ FASHION_MNIST_CLASSES = [
     "Sneaker",
     "Bag",
     "Ankle boot",
-]
+)
 SYSTEM_FOLDER = Path("/usr/share/datasets/fashion-mnist")  # Debian's dataset-fashion-mnist
 
 

@@ -295,7 +295,7 @@ def load_source(root: str | None) -> tuple[Split, Split, list[str]]:
 
     folder = dataset_folder("SVHN", root, [], ["train_32x32.mat", "test_32x32.mat"], fetch)
     train, test = read_svhn(folder / "train_32x32.mat"), read_svhn(folder / "test_32x32.mat")
-    return train, test, [str(d) for d in range(10)]
+    return train, test, list(("0", "1", "2", "3", "4", "5", "6", "7", "8", "9"))
 
 
 def validation_split(labels: Tensor) -> tuple[Tensor, Tensor]:

@@ -308,7 +308,7 @@ def load_source(root: str | None) -> tuple[Split, Split, list[str]]:
     return (
         Split(train_images[:, None], train_labels.long()),
         Split(test_images[:, None], test_labels.long()),
-        [str(d) for d in range(10)],
+        list(("0", "1", "2", "3", "4", "5", "6", "7", "8", "9")),
     )
 
 
