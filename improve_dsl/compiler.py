@@ -11,29 +11,14 @@ import functools
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
 
 from . import __version__
+from .check import ModelReport, check_model
 from .ir import Spec
 from .paths import grammar_dir, templates_dir
 from .render import render_script
 from .syntax import SpecAST, parse, read_spec_text
 from .validate import validate
-
-
-class ModelReport(Protocol):
-    """What the compile-time model check reports (``check.ModelReport`` has this shape)."""
-
-    @property
-    def params(self) -> int: ...
-
-    @property
-    def flops(self) -> int: ...
-
-    @property
-    def input_shape(self) -> tuple[int, ...]: ...
-
-    def describe(self) -> str: ...
 
 
 @dataclass(frozen=True)
@@ -68,19 +53,8 @@ def compile_spec(
     ast = parse(text, str(path) if path is not None else "<spec>")
     spec = validate(ast)
     script = render_script(spec)
-    report = _check_model(spec, ast, script) if check_shapes else None
+    report = check_model(spec, ast, script) if check_shapes else None
     return Compiled(ast, spec, script, report)
-
-
-def _check_model(spec: Spec, ast: SpecAST, script: str) -> ModelReport | None:
-    try:
-        from . import check
-    except ModuleNotFoundError as exc:
-        if exc.name != f"{__package__}.check":
-            raise
-        return None  # the model check is not installed: compile without it
-    report: ModelReport = check.check_model(spec, ast, script)
-    return report
 
 
 @functools.lru_cache(maxsize=1)

@@ -9,6 +9,7 @@ from typing import Union
 
 import lark
 from lark import Lark, Token, Transformer, v_args
+from lark.tree import Meta
 
 from .diagnostics import Diagnostic, DiagnosticError, Span
 from .paths import grammar_dir, user_cache_dir
@@ -123,7 +124,10 @@ class _Shape(Transformer[Token, object]):
     def start(self, *blocks: Block) -> tuple[Block, ...]:
         return blocks
 
-    def block(self, kind: Token, *rest: object) -> Block:
+    # The rules whose node spans lines or has no token of its own take lark's positions
+    # (``meta``) directly, so the AST is built once, with every span right.
+    @v_args(inline=True, meta=True)
+    def block(self, meta: Meta, kind: Token, *rest: object) -> Block:
         label: Token | None = None
         items = list(rest)
         if items and isinstance(items[0], Token):
@@ -135,14 +139,15 @@ class _Shape(Transformer[Token, object]):
             label=str(label) if label is not None else None,
             label_span=_span(label) if label is not None else None,
             fields=fields,
-            end_line=0,
+            end_line=meta.end_line,
         )
 
     def label(self, name: Token) -> Token:
         return name
 
-    def field(self, name: Token, value: Value) -> Field:
-        return Field(str(name), _span(name), value, end_line=0)
+    @v_args(inline=True, meta=True)
+    def field(self, meta: Meta, name: Token, value: Value) -> Field:
+        return Field(str(name), _span(name), value, end_line=meta.end_line)
 
     def number(self, token: Token) -> Number:
         return Number(str(token), _span(token))
@@ -162,8 +167,9 @@ class _Shape(Transformer[Token, object]):
     def positional_arg(self, value: Value) -> Arg:
         return Arg(None, None, value)
 
-    def list(self, *items: Value | None) -> ListValue:
-        return ListValue(tuple(i for i in items if i is not None), Span(0, 0))
+    @v_args(inline=True, meta=True)
+    def list(self, meta: Meta, *items: Value | None) -> ListValue:
+        return ListValue(tuple(i for i in items if i is not None), Span(meta.line, meta.column, 1))
 
 
 _ESCAPES = {"n": "\n", "t": "\t", "r": "\r", '"': '"', "\\": "\\", "0": "\0"}
@@ -235,51 +241,9 @@ def parse(source: str, path: str = "<spec>") -> SpecAST:
         tree = _parser().parse(source)
     except lark.exceptions.UnexpectedInput as exc:
         raise DiagnosticError([_syntax_diagnostic(exc, source, path)], source) from None
-    blocks = _attach_lines(tree, _Shape().transform(tree))  # type: ignore[arg-type]
+    blocks: tuple[Block, ...] = _Shape().transform(tree)  # type: ignore[assignment]
     comments = _comments(source)
     return SpecAST(path, source, blocks, tuple(comments))
-
-
-def _attach_lines(tree: lark.Tree[Token], blocks: tuple[Block, ...]) -> tuple[Block, ...]:
-    """Fill in end lines and list spans, which need the tree's positions."""
-    result: list[Block] = []
-    for node, block in zip(tree.children, blocks, strict=True):
-        assert isinstance(node, lark.Tree)
-        fields: list[Field] = []
-        field_nodes = [c for c in node.children if isinstance(c, lark.Tree) and c.data == "field"]
-        for fnode, fld in zip(field_nodes, block.fields, strict=True):
-            value_node = fnode.children[1]
-            fields.append(
-                Field(fld.name, fld.span, _fix_lists(value_node, fld.value), fnode.meta.end_line)
-            )
-        result.append(
-            Block(
-                block.kind,
-                block.span,
-                block.label,
-                block.label_span,
-                tuple(fields),
-                node.meta.end_line,
-            )
-        )
-    return tuple(result)
-
-
-def _fix_lists(node: object, value: Value) -> Value:
-    if isinstance(value, ListValue) and isinstance(node, lark.Tree):
-        items = tuple(
-            _fix_lists(child, item) for child, item in zip(node.children, value.items, strict=True)
-        )
-        return ListValue(items, Span(node.meta.line, node.meta.column, 1))
-    if isinstance(value, Call) and isinstance(node, lark.Tree):
-        args = []
-        arg_nodes = [c for c in node.children if isinstance(c, lark.Tree)]
-        for anode, arg in zip(arg_nodes, value.args, strict=True):
-            args.append(
-                Arg(arg.keyword, arg.keyword_span, _fix_lists(anode.children[-1], arg.value))
-            )
-        return Call(value.name, value.span, tuple(args))
-    return value
 
 
 def _comments(source: str) -> list[Comment]:
