@@ -19,7 +19,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import math
 import os
 import tempfile
 import time
@@ -194,7 +193,8 @@ def _has_type(value: Any, kind: str) -> bool:
     # bool is an int subclass in Python; true/false in a score field is a writer's bug.
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return False
-    return isinstance(value, int) if kind == _WHOLE else math.isfinite(value)
+    # NaN stays a number: a record the loop wrote must read back, whatever its score.
+    return isinstance(value, int) if kind == _WHOLE else True
 
 
 @dataclass(frozen=True)
