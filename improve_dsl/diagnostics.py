@@ -28,21 +28,61 @@ class Diagnostic:
 
     def render(self, source: str | None) -> str:
         """The diagnostic as text, with the source line and a caret under the token."""
-        head = f"{self.path}:{self.span.line}:{self.span.column}: {self.severity}: {self.message}"
+        message = _shorten(self.message, MAX_TEXT)
+        head = f"{self.location()}: {self.severity}: {message}"
+        hint = _shorten(self.hint, MAX_TEXT) if self.hint else None
         lines = [head]
         source_line = _line_of(source, self.span.line) if source is not None else None
         if source_line is not None:
             gutter = " " * len(str(self.span.line))
             text = "".join(ch if ch.isprintable() else "?" for ch in source_line)
             width = max(1, min(self.span.width, max(1, len(text) - self.span.column + 1)))
+            text, start, width = _window(text, self.span.column - 1, width)
             lines.append(f"{gutter} |")
             lines.append(f"{self.span.line} | {text}")
-            lines.append(f"{gutter} | {' ' * (self.span.column - 1)}{'^' * width}")
-            if self.hint:
-                lines.append(f"{gutter} = hint: {self.hint}")
-        elif self.hint:
-            lines.append(f"  = hint: {self.hint}")
+            lines.append(f"{gutter} | {' ' * start}{'^' * width}")
+            if hint:
+                lines.append(f"{gutter} = hint: {hint}")
+        elif hint:
+            lines.append(f"  = hint: {hint}")
         return "\n".join(lines)
+
+    def location(self) -> str:
+        """``path:line:col``, or only the path where the problem has no place in the file
+        (the file is missing or unreadable: there is no line 1 to point at)."""
+        if self.span.line < 1:
+            return self.path
+        return f"{self.path}:{self.span.line}:{self.span.column}"
+
+
+# A source line longer than this is cut around the caret; messages and hints likewise.
+MAX_LINE = 100
+MAX_TEXT = 300
+# Past this many, a file's further diagnostics are counted rather than printed.
+MAX_SHOWN = 20
+
+
+def _shorten(text: str, limit: int) -> str:
+    """Text cut in its middle to at most about ``limit`` characters."""
+    if len(text) <= limit:
+        return text
+    half = limit // 2
+    return f"{text[:half]} ... {text[-half:]}"
+
+
+def _window(text: str, start: int, width: int) -> tuple[str, int, int]:
+    """(shown text, caret start, caret width): a long line cut to about ``MAX_LINE``
+    characters around the caret, with "..." where it was cut."""
+    if len(text) <= MAX_LINE:
+        return text, start, width
+    width = min(width, MAX_LINE // 2)
+    left = max(0, start - MAX_LINE // 4)
+    right = min(len(text), left + MAX_LINE)
+    left = max(0, min(left, right - MAX_LINE))
+    prefix = "..." if left > 0 else ""
+    suffix = "..." if right < len(text) else ""
+    shown = prefix + text[left:right] + suffix
+    return shown, len(prefix) + start - left, max(1, min(width, right - start))
 
 
 def _line_of(source: str, line: int) -> str | None:
@@ -64,9 +104,14 @@ class DiagnosticError(Exception):
         return self.render()
 
     def render(self) -> str:
-        """Every diagnostic, sorted by position, separated by blank lines."""
+        """The diagnostics, sorted by position and separated by blank lines; past
+        ``MAX_SHOWN`` the rest are counted ("... and 9,990 more errors")."""
         ordered = sorted(self.diagnostics, key=lambda d: (d.path, d.span))
-        return "\n\n".join(d.render(self.source) for d in ordered)
+        parts = [d.render(self.source) for d in ordered[:MAX_SHOWN]]
+        hidden = len(ordered) - MAX_SHOWN
+        if hidden > 0:
+            parts.append(f"... and {hidden:,} more {'error' if hidden == 1 else 'errors'}")
+        return "\n\n".join(parts)
 
 
 def did_you_mean(word: str, choices: Iterable[str]) -> str | None:

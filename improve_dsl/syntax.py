@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Union
+from typing import Union, overload
 
 import lark
 from lark import Lark, Token, Transformer, v_args
@@ -222,7 +222,7 @@ def read_spec_text(path: Path) -> str:
     except OSError as exc:
         reason = exc.strerror or str(exc)
         raise DiagnosticError(
-            [Diagnostic(str(path), Span(1, 1), f"cannot read the spec: {reason}")]
+            [Diagnostic(str(path), Span(0, 0), f"cannot read the spec: {reason}")]
         ) from None
     return decode_source(data, str(path))
 
@@ -236,6 +236,9 @@ def parse(source: str, path: str = "<spec>") -> SpecAST:
         raise DiagnosticError(
             [Diagnostic(path, Span(line, column), "NUL character in the spec")], source
         )
+    too_deep = _too_deep(source, path)
+    if too_deep is not None:
+        raise DiagnosticError([too_deep], source)
     comments: list[Comment] = []
     try:
         tree = _parser().parse(source)
@@ -269,6 +272,48 @@ def _comments(source: str) -> list[Comment]:
 
 
 # ---------------------------------------------------------------- Syntax errors
+
+# Deeper nesting of lists and calls is refused before parsing: every stage after the parser
+# walks values recursively, and no pipeline needs more than a few levels.
+MAX_NESTING = 64
+
+
+def _too_deep(source: str, path: str) -> Diagnostic | None:
+    """A diagnostic at the first '[' or '(' nested deeper than ``MAX_NESTING``, if any."""
+    if source.count("[") + source.count("(") <= MAX_NESTING:
+        return None  # the common case, without a scan
+    depth, line, column = 0, 1, 0
+    in_string = in_comment = escaped = False
+    for ch in source:
+        column += 1
+        if ch == "\n":
+            line, column, in_comment, in_string = line + 1, 0, False, False
+        elif in_comment:
+            continue
+        elif in_string:
+            if escaped:
+                escaped = False
+            elif ch == "\\":
+                escaped = True
+            elif ch == '"':
+                in_string = False
+        elif ch == '"':
+            in_string = True
+        elif ch == "#":
+            in_comment = True
+        elif ch in "[(":
+            depth += 1
+            if depth > MAX_NESTING:
+                return Diagnostic(
+                    path,
+                    Span(line, column),
+                    f"lists and calls nested more than {MAX_NESTING} deep",
+                    hint="a spec needs only a few levels; is a closing bracket missing?",
+                )
+        elif ch in "])":
+            depth = max(0, depth - 1)
+    return None
+
 
 _TOKEN_WORDS = {
     "NAME": "a name",
@@ -316,6 +361,10 @@ def _syntax_diagnostic(exc: lark.exceptions.UnexpectedInput, source: str, path: 
         token = exc.token
         if token.type == "$END":
             return _unclosed(source, path)
+        if token.type == "LBRACE":
+            left_open = _unclosed(source, path, before=token)
+            if left_open is not None:
+                return left_open
         width = max(1, len(str(token)))
         message = f"unexpected {_describe(token)}"
         expected = _expected(set(exc.expected))
@@ -327,14 +376,28 @@ def _syntax_diagnostic(exc: lark.exceptions.UnexpectedInput, source: str, path: 
     return Diagnostic(path, Span(exc.line or 1, exc.column or 1), "syntax error")
 
 
-def _unclosed(source: str, path: str) -> Diagnostic:
-    """A missing closer at end of file: say which block, call or list, and where it opened."""
+@overload
+def _unclosed(source: str, path: str) -> Diagnostic: ...
+@overload
+def _unclosed(source: str, path: str, before: Token) -> Diagnostic | None: ...
+
+
+def _unclosed(source: str, path: str, before: Token | None = None) -> Diagnostic | None:
+    """A missing closer: say which block, call or list, and where it opened.
+
+    At the end of the file (``before`` is None) something is always left open. Given the
+    ``{`` of the next block (``before``), only a block still open there is reported (a
+    missing ``}`` in the middle of a file: the parser only notices at the next block);
+    otherwise None.
+    """
     stack: list[tuple[str, Token, Token | None]] = []
     previous: Token | None = None
     before_previous: Token | None = None
     closers = {"RBRACE": "LBRACE", "RPAR": "LPAR", "RSQB": "LSQB"}
     try:
         for token in _parser().lex(source):
+            if before is not None and token.start_pos == before.start_pos:
+                break
             if token.type == "LBRACE" and previous is not None:
                 keyword = previous
                 if (
@@ -353,11 +416,24 @@ def _unclosed(source: str, path: str) -> Diagnostic:
             before_previous, previous = previous, token
     except lark.exceptions.UnexpectedInput:
         pass
+    if before is not None:
+        blocks = [entry for entry in stack if entry[0] == "LBRACE"]
+        if not blocks:
+            return None
+        name, opener = str(blocks[-1][1]), blocks[-1][1]
+        next_block = str(previous) if previous is not None else "the next block"
+        return Diagnostic(
+            path,
+            Span(opener.line or 1, opener.column or 1, len(name)),
+            f"block '{name}' opened here (line {opener.line}) is never closed",
+            hint=f"add '}}' after the last field of '{name}', before '{next_block}' "
+            f"at line {before.line}",
+        )
     lines = source.splitlines() or [""]
     end = Span(len(lines), len(lines[-1]) + 1)
     if not stack:
         return Diagnostic(path, end, "unexpected end of the file")
-    kind, opener, before = stack[-1]
+    kind, opener, before_opener = stack[-1]
     if kind == "LBRACE":
         name = str(opener)
         where = f"{opener.line}:{opener.column}"
@@ -367,7 +443,7 @@ def _unclosed(source: str, path: str) -> Diagnostic:
             f"block '{name}' opened here is never closed",
             hint=f"add '}}' after the last field of '{name}' (opened at {where})",
         )
-    what = f"call '{before}'" if kind == "LPAR" and before is not None else "list"
+    what = f"call '{before_opener}'" if kind == "LPAR" and before_opener is not None else "list"
     closer = ")" if kind == "LPAR" else "]"
     return Diagnostic(
         path,

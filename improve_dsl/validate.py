@@ -215,7 +215,8 @@ class _Validator:
             name, span, args = value.name, value.span, value.args
         else:
             choices = [c.name for c in registry.components(category)]
-            self.expected(value, f"one of {one_of(choices)}", where)
+            known = isinstance(value, String) and registry.component(category, value.value)
+            self.expected(value, f"one of {one_of(choices)}", where, _unquote_hint(value, known))
         comp = registry.component(category, name)
         if comp is None:
             choices = [c.name for c in registry.components(category)]
@@ -315,7 +316,14 @@ class _Validator:
         if kind == "bool":
             if isinstance(value, Name) and value.value in ("true", "false"):
                 return value.value == "true"
-            self.expected(value, f"true or false{none_hint}", where)
+            hint = (
+                did_you_mean(value.value, ("true", "false"))
+                if isinstance(value, Name)
+                else _unquote_hint(value, value.value in ("true", "false"))
+                if isinstance(value, String)
+                else None
+            )
+            self.expected(value, f"true or false{none_hint}", where, hint)
         if kind == "str":
             if isinstance(value, String):
                 return value.value
@@ -324,6 +332,8 @@ class _Validator:
         if kind == "enum":
             if isinstance(value, Name) and value.value in words:
                 return value.value
+            if isinstance(value, String) and value.value in words:
+                self.expected(value, one_of(words), where, _unquote_hint(value, True))
             if isinstance(value, (Name, String)):
                 word = value.value
                 self.error(
@@ -336,7 +346,8 @@ class _Validator:
         # numbers
         if not isinstance(value, Number):
             article = "an integer" if kind == "int" else "a number"
-            self.expected(value, article + none_hint, where)
+            numeric = isinstance(value, String) and _NUMBER.fullmatch(value.value.strip())
+            self.expected(value, article + none_hint, where, _unquote_hint(value, numeric))
         if not _NUMBER.fullmatch(value.text):
             self.error(value.span, f"malformed number '{value.text}'")
             raise _Invalid
@@ -365,8 +376,8 @@ class _Validator:
             raise _Invalid
         return number
 
-    def expected(self, value: Value, what: str, where: str) -> NoReturn:
-        self.error(_value_span(value), f"{where} expects {what}, found {_describe(value)}")
+    def expected(self, value: Value, what: str, where: str, hint: str | None = None) -> NoReturn:
+        self.error(_value_span(value), f"{where} expects {what}, found {_describe(value)}", hint)
         raise _Invalid
 
 
@@ -394,6 +405,13 @@ def _value_span(value: Value) -> Span:
     if isinstance(value, Call):
         return Span(value.span.line, value.span.column, len(value.name))
     return value.span
+
+
+def _unquote_hint(value: Value, fits_unquoted: object) -> str | None:
+    """``remove the quotes`` when a string would be right without them (``"sgd"``, ``"64"``)."""
+    if isinstance(value, String) and fits_unquoted:
+        return f'remove the quotes: write {value.value.strip()}, not "{value.value}"'
+    return None
 
 
 def _describe(value: Value) -> str:

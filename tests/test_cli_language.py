@@ -49,7 +49,7 @@ def test_bad_flag_exits_2_without_traceback() -> None:
 def test_missing_file_is_a_located_error(tmp_path: Path) -> None:
     proc = _improve("check", str(tmp_path / "nope.imp"))
     assert proc.returncode == 2
-    assert "nope.imp:1:1: error: cannot read the spec: No such file or directory" in proc.stderr
+    assert "nope.imp: error: cannot read the spec: No such file or directory" in proc.stderr
 
 
 def test_docs_cover_every_block_field_and_op(capsys: pytest.CaptureFixture[str]) -> None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Callable, Sequence
+from typing import NoReturn, cast
 
 from .. import __version__
 from ..diagnostics import DiagnosticError
@@ -36,9 +37,19 @@ VERBS: tuple[Callable[[Verbs], None], ...] = (
 )
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse with one error prefix for every verb: ``improve: error: ...`` (argparse's
+    own would say ``improve refine: error:`` for a verb's flags, ``improve:`` elsewhere)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.print_usage(sys.stderr)
+        err(message)
+        raise SystemExit(EXIT_USAGE)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The parser of every verb; each verb's parser names its handler as ``func``."""
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="improve",
         description="A language for image-classification training pipelines: check, format, "
         "compile and run specs, and improve them by Iterative Refinement.",
@@ -46,7 +57,8 @@ def build_parser() -> argparse.ArgumentParser:
         "Run `improve VERB --help` for each verb.",
     )
     parser.add_argument("--version", action="version", version=f"improve {__version__}")
-    verbs = parser.add_subparsers(dest="verb", metavar="VERB")
+    # Every verb's parser is a Parser too (its errors carry the same prefix).
+    verbs = cast(Verbs, parser.add_subparsers(dest="verb", metavar="VERB", parser_class=Parser))
     for add_verb in VERBS:
         add_verb(verbs)
     return parser

@@ -24,9 +24,25 @@ def err(message: str) -> None:
 
 
 def device(value: str) -> str:
-    """argparse type for --device: auto, cpu, cuda or cuda:N."""
-    if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", value):
+    """argparse type for --device: auto, cpu, cuda or cuda:N; CUDA only where there is one
+    (refused here, before any run folder is made, rather than by a failed training run)."""
+    match = re.fullmatch(r"auto|cpu|cuda(?::(\d+))?", value)
+    if not match:
         raise argparse.ArgumentTypeError(f"'{value}' is not auto, cpu, cuda or cuda:N")
+    if value.startswith("cuda"):
+        import torch  # only when CUDA is asked for: `check` and `fmt` stay fast
+
+        if not torch.cuda.is_available():
+            raise argparse.ArgumentTypeError(
+                f"'{value}': CUDA is not available on this machine (torch {torch.__version__}, "
+                f"CUDA build {torch.version.cuda or 'none'}); use --device cpu or auto"
+            )
+        index = int(match.group(1) or 0)
+        if index >= torch.cuda.device_count():
+            raise argparse.ArgumentTypeError(
+                f"'{value}': this machine has {torch.cuda.device_count()} CUDA device(s), "
+                "numbered from 0"
+            )
     return value
 
 

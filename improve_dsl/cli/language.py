@@ -179,11 +179,20 @@ def add_diff(verbs: Verbs) -> None:
 
 def cmd_diff(args: argparse.Namespace) -> int:
     """Say which blocks differ between two specs, and how. Exit 0 when none differ, 1 otherwise."""
-    from ..diff import block_diff
+    from ..diff import block_diff, validation_problem
     from ..syntax import read_spec_text
 
     texts = [read_spec_text(Path(p)) for p in (args.a, args.b)]
     changes = block_diff(texts[0], texts[1], args.a, args.b)
+    for path, text in zip((args.a, args.b), texts, strict=True):
+        problem = validation_problem(text, path)
+        if problem is not None:
+            # Still diffed (as written), but a reader must not take it for a valid pipeline.
+            print(
+                f"improve: warning: {path} does not validate ({problem}); run `improve check "
+                f"{path}`. The diff compares the text as written.",
+                file=sys.stderr,
+            )
     if not changes:
         print("no differences")
         return EXIT_OK

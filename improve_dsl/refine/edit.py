@@ -431,6 +431,15 @@ def apply_edit(
     proposal identical to the incumbent, ``EditError``.
     """
     wanted = _check_requested(blocks)
+    leading = next((p for p in _pieces(new_text) if p.kind != "comment"), None)
+    if leading is not None and leading.kind == "stray":
+        # Prose or a ``` fence in front: the parser would only say "unexpected character".
+        raise EditError(
+            f"the reply must start with the block (`{wanted[0]} {{ ... }}`), not "
+            f"{_snippet(new_text[leading.start : leading.end])}; no prose or code fence; "
+            f"{ask_for(wanted)}",
+            raw=new_text,
+        )
     try:
         proposed = syntax.parse(new_text, REPLY_PATH)
     except DiagnosticError as exc:
