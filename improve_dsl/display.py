@@ -30,3 +30,20 @@ def fmt_seconds(seconds: float) -> str:
 def fmt_cost(cost: float) -> str:
     """Dollars: four places below a dollar (API calls are cheap), cents above."""
     return f"${cost:.4f}" if cost < 1 else f"${cost:,.2f}"
+
+
+def clip_words(text: str, limit: int) -> str:
+    """The first line of ``text``, cut at a word boundary to at most ``limit`` characters,
+    with "..." where it was cut."""
+    line = text.strip().splitlines()[0] if text.strip() else ""
+    if len(line) <= limit:
+        return line
+    cut = line[: max(1, limit - 3)]
+    if " " in cut.strip():
+        cut = cut.rsplit(" ", 1)[0]
+    return cut.rstrip(" ,;:.-—") + "..."
+
+
+def plural(count: int, noun: str) -> str:
+    """``1 iteration``, ``5 iterations``."""
+    return f"{count:,} {noun}{'' if count == 1 else 's'}"

@@ -10,17 +10,18 @@ from __future__ import annotations
 
 import sys
 import threading
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import IO, Any, Protocol
 
 from rich.console import Console, Group
 from rich.live import Live
-from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
+from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeRemainingColumn
 from rich.table import Table
 from rich.text import Text
 
-from ..display import fmt_delta, fmt_metric
+from ..display import clip_words, fmt_delta, fmt_metric, fmt_seconds, plural
 from ..journal import Record
 
 STATUS_STYLES = {
@@ -96,8 +97,26 @@ def describe_record(record: Record) -> str:
     if reason and record.status in ("failed", "pruned", "invalid", "rejected"):
         line += f": {str(reason).splitlines()[0]}"
     elif record.rationale:
-        line += f" — {record.rationale.splitlines()[0][:160]}"
+        line += f" — {clip_words(record.rationale, 160)}"
     return line
+
+
+class Pace:
+    """An overall ETA for the run: the mean wall time of the attempts finished so far in
+    this session, times the iterations still to come."""
+
+    def __init__(self) -> None:
+        self.started = time.monotonic()
+        self.finished = 0
+
+    def eta(self, iteration: int, iters: int) -> str:
+        """``about 3 min 05 s left`` before ``iteration`` of ``iters`` starts, or "" when
+        nothing has finished yet to measure the pace by."""
+        remaining = iters - iteration + 1
+        if self.finished == 0 or remaining <= 0:
+            return ""
+        per_attempt = (time.monotonic() - self.started) / self.finished
+        return f"about {fmt_seconds(per_attempt * remaining)} left"
 
 
 def summary_lines(summary: Summary) -> list[str]:
@@ -128,6 +147,7 @@ def summary_lines(summary: Summary) -> list[str]:
         lines.append(f"{summary.spec_path} now holds the best spec (also {summary.best_spec})")
     else:
         lines.append(f"{summary.spec_path} is unchanged (no improvement); run: {summary.run_dir}")
+    lines.append(f"the whole run, with plots and each change: improve report {summary.run_dir}")
     return lines
 
 
@@ -163,6 +183,8 @@ class PlainReporter:
         self.stream = stream or sys.stdout
         self._lock = threading.Lock()
         self.metric_name = "val_accuracy"
+        self.iters = 0
+        self.pace = Pace()
 
     def _say(self, text: str) -> None:
         with self._lock:
@@ -170,9 +192,12 @@ class PlainReporter:
 
     def run_started(self, info: RunInfo, records: Sequence[Record]) -> None:
         self.metric_name = info.metric_name
+        self.iters = info.iters
+        self.pace = Pace()
         verb = "resuming" if info.resumed else "refining"
         self._say(
-            f"{verb} {info.spec_path}: expert {info.expert}, {info.iters} iterations, select "
+            f"{verb} {info.spec_path}: expert {info.expert}, {plural(info.iters, 'iteration')}, "
+            f"select "
             f"{info.selector}, {info.strategy}, {info.seeds} seed(s), parallel {info.parallel}"
         )
         self._say(f"run directory: {info.run_dir}")
@@ -180,7 +205,12 @@ class PlainReporter:
             self._say("  " + describe_record(record))
 
     def attempt_started(self, iteration: int, block: str, expert: str, note: str) -> None:
-        self._say(f"[{iteration}] {block} ({expert})" + (f": {note}" if note else ""))
+        eta = self.pace.eta(iteration, self.iters)
+        self._say(
+            f"[{iteration}] iteration {iteration} of {self.iters}: {block} ({expert})"
+            + (f", {eta}" if eta else "")
+            + (f": {note}" if note else "")
+        )
 
     def progress(self, iteration: int, seed: int | None, event: dict[str, Any]) -> None:
         if event.get("event") != "epoch":
@@ -193,6 +223,8 @@ class PlainReporter:
         )
 
     def attempt_finished(self, record: Record) -> None:
+        if record.iteration > 0:
+            self.pace.finished += 1
         self._say(describe_record(record))
 
     def message(self, text: str) -> None:
@@ -215,13 +247,18 @@ class RichReporter:
         self.info: RunInfo | None = None
         self.records: list[Record] = []
         self.current = ""
+        self.pace = Pace()
+        # The bar comes last and is the part that shrinks: on a narrow (80-column) terminal
+        # the epoch, the score and the time left stay readable.
         self.progress_bars = Progress(
             TextColumn("{task.description}"),
-            BarColumn(),
             TextColumn("epoch {task.completed:.0f}/{task.total:.0f}"),
             TextColumn("{task.fields[score]}"),
-            TimeElapsedColumn(),
+            TextColumn("eta"),
+            TimeRemainingColumn(),
+            BarColumn(bar_width=None),
             console=self.console,
+            expand=True,
         )
         self.tasks: dict[tuple[int, int | None], TaskID] = {}
         self.live = Live(
@@ -246,7 +283,7 @@ class RichReporter:
                 Text(record.status, style=STATUS_STYLES.get(record.status, "")),
                 fmt_metric(record.metric),
                 fmt_delta(record.metric, record.incumbent_metric),
-                (note[0][:90] if note else ""),
+                clip_words(note[0], 90) if note else "",
             )
         return table
 
@@ -269,6 +306,7 @@ class RichReporter:
     def run_started(self, info: RunInfo, records: Sequence[Record]) -> None:
         with self._lock:
             self.info = info
+            self.pace = Pace()
             self.records = list(records)
             if not self._started:
                 self.live.start()
@@ -277,8 +315,12 @@ class RichReporter:
 
     def attempt_started(self, iteration: int, block: str, expert: str, note: str) -> None:
         with self._lock:
-            self.current = f"iteration {iteration}: {block} ({expert})" + (
-                f" — {note}" if note else ""
+            iters = self.info.iters if self.info else iteration
+            eta = self.pace.eta(iteration, iters)
+            self.current = (
+                f"iteration {iteration} of {iters}: {block} ({expert})"
+                + (f", {eta}" if eta else "")
+                + (f" — {clip_words(note, 120)}" if note else "")
             )
             self._refresh()
 
@@ -305,6 +347,8 @@ class RichReporter:
         with self._lock:
             for key in [k for k in self.tasks if k[0] == record.iteration]:
                 self.progress_bars.remove_task(self.tasks.pop(key))
+            if record.iteration > 0:
+                self.pace.finished += 1
             self.records.append(record)
             self._refresh()
 
@@ -318,15 +362,21 @@ class RichReporter:
             self._refresh()
             self.close()
             table = Table(title="improve refine: summary", title_justify="left")
+            # The split is a column of its own: the test score, taken once, must not sit
+            # under a "validation" heading.
             table.add_column("")
-            table.add_column(summary.metric_name.replace("val_", "validation "))
-            table.add_row("start", fmt_metric(summary.start_metric))
+            table.add_column("split")
+            table.add_column(summary.metric_name.removeprefix("val_"))
+            table.add_row("start", "validation", fmt_metric(summary.start_metric))
             table.add_row(
-                f"best (iteration {summary.best_iteration})", fmt_metric(summary.best_metric)
+                f"best (iteration {summary.best_iteration})",
+                "validation",
+                fmt_metric(summary.best_metric),
             )
             if summary.test_metric_name is not None:
                 table.add_row(
-                    Text("test, best spec, once", style="bold"),
+                    Text("best spec, scored once", style="bold"),
+                    Text("test", style="bold"),
                     Text(fmt_metric(summary.test_metric), style="bold"),
                 )
             self.console.print(table)
