@@ -11,19 +11,37 @@ replies (status, body, delay, headers); every request is recorded for assertions
 
 An empty queue answers HTTP 418 (not retried by clients), so a test that asks more than it
 scripted fails loudly instead of hanging.
+
+Two more roles, for the grammar tests:
+
+- ``OpenAIServer(kind="vllm", version="0.11.0")`` answers the GETs each server documents
+  about itself (``/v1/models`` with its ``owned_by``, vLLM's ``/version``, llama.cpp's
+  ``/props``, Ollama's ``/api/version``), so the expert's probe finds it;
+- ``generate=True`` answers an unscripted request from the constraint the request carries
+  (a custom tool's Lark grammar, ``structured_outputs``/``guided_grammar``/``ebnf``/``grammar``
+  GBNF, a ``json_schema``), applied by the real engines (llguidance, XGrammar) to the
+  server's own seeded random bytes: every reply is grammar-valid by construction, as a real
+  constrained server's would be; ``refuse`` names request fields answered with a 400, as a
+  server that does not take them answers.
 """
 
 from __future__ import annotations
 
 import json
+import random
 import threading
 import time
 from collections import deque
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+from grammar_engines import Syntax, matcher_for, sample
+
 PATHS = ("/v1/chat/completions", "/v1/responses")
+OWNED_BY = {"vllm": "vllm", "sglang": "sglang", "llama-cpp": "llamacpp", "openai": "system"}
+FREE_TEXT = "I would train for longer with a better optimizer."  # what an unconstrained model says
 
 
 @dataclass
@@ -135,11 +153,65 @@ def response_object(
     }
 
 
+def constraint_of(path: str, body: Any) -> tuple[Syntax, str, str] | None:
+    """(syntax, grammar or schema text, where it came from) of a request, or None."""
+    if not isinstance(body, dict):
+        return None
+    for tool in body.get("tools") or []:
+        fmt = (tool.get("custom") or tool).get("format") or {}
+        if fmt.get("type") == "grammar":
+            grammar = fmt.get("grammar") or fmt  # Chat nests it one level deeper
+            return "lark", str(grammar["definition"]), "custom tool"
+    structured = body.get("structured_outputs")
+    if isinstance(structured, dict) and isinstance(structured.get("grammar"), str):
+        grammar = structured["grammar"]
+        syntax: Syntax = "gbnf" if "::=" in grammar else "lark"
+        return syntax, grammar, "structured_outputs"
+    for key in ("guided_grammar", "ebnf", "grammar"):
+        if isinstance(body.get(key), str):
+            return "gbnf", body[key], key
+    response_format = body.get("response_format") or {}
+    if response_format.get("type") == "json_schema":
+        return "json", json.dumps(response_format["json_schema"]["schema"]), "response_format"
+    text_format = (body.get("text") or {}).get("format") or {}
+    if text_format.get("type") == "json_schema":
+        return "json", json.dumps(text_format["schema"]), "text.format"
+    return None
+
+
+def _identity(kind: str | None, version: str, path: str) -> Any:
+    """What a server of ``kind`` answers to a GET of ``path`` (None: 404)."""
+    if kind is None:
+        return None
+    if path == "/v1/models":
+        owner = OWNED_BY.get(kind, "library")  # Ollama lists its own models as "library"
+        return {
+            "object": "list",
+            "data": [{"id": "test-model", "object": "model", "owned_by": owner}],
+        }
+    if path == "/version" and kind == "vllm":
+        return {"version": version or "0.11.0"}
+    if path == "/props" and kind == "llama-cpp":
+        return {"default_generation_settings": {"n_ctx": 4096}, "build_info": "b6000"}
+    if path == "/api/version" and kind == "ollama":
+        return {"version": version or "0.12.0"}
+    return None
+
+
 class _Handler(BaseHTTPRequestHandler):
     server: _Server
 
     def log_message(self, format: str, *args: Any) -> None:  # quiet test output
         pass
+
+    def do_GET(self) -> None:
+        owner = self.server.owner
+        owner.record(Request(self.path, None, {k.lower(): v for k, v in self.headers.items()}))
+        answer = _identity(owner.kind, owner.version, self.path)
+        if answer is None:
+            self._send(Reply(error_body(f"no route {self.path}", "not_found"), status=404))
+        else:
+            self._send(Reply(answer))
 
     def do_POST(self) -> None:
         length = int(self.headers.get("content-length") or 0)
@@ -153,7 +225,7 @@ class _Handler(BaseHTTPRequestHandler):
         if self.path not in PATHS:
             self._send(Reply(error_body(f"no route {self.path}", "not_found"), status=404))
             return
-        self._send(owner.next_reply())
+        self._send(owner.next_reply(self.path, body))
 
     def _send(self, reply: Reply) -> None:
         if reply.delay:
@@ -182,7 +254,21 @@ class _Server(ThreadingHTTPServer):
 class OpenAIServer:
     """The loopback server: start with ``with``, script with ``push``, read ``requests``."""
 
-    def __init__(self) -> None:
+    def __init__(
+        self,
+        kind: str | None = None,
+        *,
+        version: str = "",
+        generate: bool = False,
+        seed: int = 0,
+        refuse: Collection[str] = (),
+    ) -> None:
+        self.kind = kind
+        self.version = version
+        self.generate = generate
+        self.refuse = set(refuse)
+        self._rng = random.Random(seed)
+        self.replies: list[str] = []  # what was generated, in order
         self._server = _Server(("127.0.0.1", 0), _Handler)
         self._server.owner = self
         self._lock = threading.Lock()
@@ -216,11 +302,31 @@ class OpenAIServer:
         with self._lock:
             self.requests.append(request)
 
-    def next_reply(self) -> Reply:
+    def next_reply(self, path: str = PATHS[0], body: Any = None) -> Reply:
         with self._lock:
             if self._replies:
                 return self._replies.popleft()
+            refused = sorted(k for k in self.refuse if isinstance(body, dict) and k in body)
+            if refused:
+                message = f"Unsupported parameter: '{refused[0]}' is not supported with this model."
+                return Reply(error_body(message, "invalid_request_error"), 400)
+            if self.generate:
+                return Reply(self._generated(path, body))
         return Reply(error_body("openai_server: no scripted reply left", "test_error"), 418)
+
+    def _generated(self, path: str, body: Any) -> dict[str, Any]:
+        """A reply the request's own constraint allows, from the server's seeded bytes."""
+        constraint = constraint_of(path, body)
+        if constraint is None:
+            text = FREE_TEXT
+        else:
+            syntax, grammar, _ = constraint
+            text = sample(matcher_for(grammar, syntax), random.Random(self._rng.random()))
+        self.replies.append(text)
+        tool = constraint is not None and constraint[2] == "custom tool"
+        if path == "/v1/responses":
+            return response_object(None if tool else text, tool_input=text if tool else None)
+        return chat_completion(None if tool else text, tool_input=text if tool else None)
 
     def start(self) -> OpenAIServer:
         self._thread.start()

@@ -10,7 +10,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from openai_server import OpenAIServer, Reply, chat_completion, error_body, response_object
+from openai_server import (
+    OpenAIServer,
+    Reply,
+    chat_completion,
+    constraint_of,
+    error_body,
+    response_object,
+)
 
 from improve_dsl import docs, grammar_export, validate
 from improve_dsl.diagnostics import DiagnosticError
@@ -62,6 +69,7 @@ HISTORY = [
         incumbent_metric=0.8123,
         diff="- arch = mlp(width = 32, depth = 1)\n+ arch = mlp(width = 16, depth = 1)",
         rationale="a narrower net to cut overfitting",
+        seconds=3.24,
     )
 ]
 
@@ -76,6 +84,11 @@ def make_context(blocks: tuple[str, ...] = ("train",)) -> Context:
         incumbent_metric=0.8123,
         curves=CURVES,
         history=HISTORY,
+        incumbent_seconds=2.5,
+        budget_seconds=1800.0,
+        elapsed_seconds=300.0,
+        max_cost=2.0,
+        spent_usd=0.5,
     )
 
 
@@ -146,7 +159,12 @@ def test_free_text_request_carries_spec_reference_curves_and_history(
     assert "digits: 1,797 images" in content
     assert "epoch  train_loss  val_loss  val_accuracy" in content
     assert "2  1.2345  1.1000  0.8123" in content
-    assert "#1 model: rejected, 0.7901 vs 0.8123 (-0.0222)" in content
+    assert "#1 model: rejected, 0.7901 vs 0.8123 (-0.0222), trained in 3.2 s" in content
+    assert "## Its score on the validation split: val_accuracy = 0.8123, trained in 2.5 s" in (
+        content
+    )
+    assert "## Budget\ntime: 25.0 min left of 30.0 min" in content
+    assert "cost: $1.50 left of $2.00" in content
     assert "why: a narrower net to cut overfitting" in content
     assert "+ arch = mlp(width = 16, depth = 1)" in content
 
@@ -225,8 +243,8 @@ def test_all_at_once_uses_the_several_blocks_grammar(server: OpenAIServer) -> No
 def test_vllm_and_llama_cpp_get_their_grammar_in_the_extra_body(server: OpenAIServer) -> None:
     gbnf = grammar_export.block_grammar("train", "gbnf")
     server.push(Reply(chat_completion(NEW_TRAIN)), Reply(chat_completion(NEW_TRAIN)))
-    make_expert(server, grammar_mode="vllm").propose(make_context())
-    make_expert(server, grammar_mode="llama-cpp").propose(make_context())
+    make_expert(server, grammar_mode="vllm-gbnf").propose(make_context())
+    make_expert(server, grammar_mode="llama-gbnf").propose(make_context())
     vllm, llama = server.requests[0].body, server.requests[1].body
     assert vllm["structured_outputs"] == {"grammar": gbnf}
     assert "grammar" not in vllm and "tools" not in vllm
@@ -242,17 +260,137 @@ def test_free_text_over_the_responses_api(server: OpenAIServer) -> None:
     assert proposal.text == NEW_TRAIN and proposal.rationale == "Here you go:"
 
 
-def test_auto_picks_lark_tools_only_for_gpt5_on_openai(
-    server: OpenAIServer, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize(
+    ("kind", "version", "model", "mode"),
+    [
+        ("vllm", "0.11.0", "Qwen/Qwen3-8B", "vllm-gbnf"),
+        ("vllm", "0.9.2", "Qwen/Qwen3-8B", "vllm-guided-gbnf"),  # before structured_outputs
+        ("sglang", "", "Qwen/Qwen3-8B", "sglang-gbnf"),
+        ("llama-cpp", "", "qwen3-8b-q4", "llama-gbnf"),
+        ("ollama", "0.12.0", "qwen3:8b", "json-schema"),
+        (None, "", "gpt-5-mini", "chat-lark"),  # a proxy (or Azure) in front of GPT-5
+        (None, "", "some-local-model", "json-schema"),
+    ],
+)
+def test_auto_probes_the_server_once_and_picks_its_strongest_constraint(
+    kind: str | None, version: str, model: str, mode: str
+) -> None:
+    notes: list[str] = []
+    with OpenAIServer(kind, version=version) as server:
+        server.push(Reply(chat_completion(NEW_TRAIN)), Reply(chat_completion(NEW_TRAIN)))
+        expert = make_expert(server, model, grammar_mode="auto", notify=notes.append)
+        assert expert.grammar_mode == mode
+        probes = [r.path for r in server.requests]
+        assert probes[0] == "/v1/models" and all(r.body is None for r in server.requests)
+        for _ in range(2):
+            assert expert.propose(make_context()).grammar == mode
+        assert [r.path for r in server.requests if r.body is None] == probes  # probed once
+        posts = [r for r in server.requests if r.body is not None]
+    assert [constraint_of(r.path, r.body) is not None for r in posts] == [True, True]
+    assert len(notes) == 1 and "replies held to" in notes[0]
+
+
+def test_gpt5_on_openais_own_api_gets_the_lark_tool_without_a_probe(
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
+    monkeypatch.delenv("IMPROVE_GRAMMAR", raising=False)
     assert OpenAIExpert("gpt-5-mini", api_key="k").grammar_mode == "responses-lark"
-    assert OpenAIExpert("gpt-4o", api_key="k").grammar_mode == "none"
-    assert OpenAIExpert("gpt-5", base_url=server.url, api_key="k").grammar_mode == "none"
-    assert (
-        OpenAIExpert("gpt-5", base_url="https://api.openai.com/v1", api_key="k").grammar_mode
-        == "responses-lark"
+    assert OpenAIExpert("gpt-4o", api_key="k").grammar_mode == "json-schema"
+    assert OpenAIExpert("gpt-5", api_key="k", grammar_mode="none").grammar_mode == "none"
+
+
+@pytest.mark.parametrize(
+    ("kind", "choice", "mode"),
+    [
+        ("vllm", "lark", "vllm-lark"),
+        ("vllm", "json", "json-schema"),
+        ("llama-cpp", "none", "none"),
+        (None, "gbnf", "llama-gbnf"),
+        (None, "lark", "chat-lark"),
+    ],
+)
+def test_the_grammar_option_overrides_detection(kind: str | None, choice: str, mode: str) -> None:
+    with OpenAIServer(kind) as server:
+        assert make_expert(server, grammar_mode=choice).grammar_mode == mode
+
+
+def test_the_environment_variable_chooses_when_no_option_does(
+    server: OpenAIServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("IMPROVE_GRAMMAR", "json")
+    assert make_expert(server, grammar_mode=None).grammar_mode == "json-schema"
+    monkeypatch.setenv("IMPROVE_GRAMMAR", "regex")
+    with pytest.raises(ExpertError, match=r"\$IMPROVE_GRAMMAR must be one of auto, lark"):
+        make_expert(server, grammar_mode=None)
+
+
+@pytest.mark.parametrize(
+    ("kind", "choice", "message"),
+    [
+        ("ollama", "gbnf", "Ollama takes no GBNF grammar; use --grammar json or auto"),
+        ("llama-cpp", "lark", "llama.cpp takes no Lark grammar; use --grammar gbnf or auto"),
+    ],
+)
+def test_a_grammar_the_server_cannot_take_is_a_clear_error(
+    kind: str, choice: str, message: str
+) -> None:
+    with OpenAIServer(kind) as server, pytest.raises(ExpertError, match=message):
+        make_expert(server, grammar_mode=choice).detect()
+
+
+def test_json_mode_sends_the_block_as_a_string_and_reads_it_back(server: OpenAIServer) -> None:
+    answer = {"reason": "momentum trains faster", "block": NEW_TRAIN}
+    server.push(Reply(chat_completion(json.dumps(answer))))
+    proposal = make_expert(server, grammar_mode="json").propose(make_context())
+    body = server.requests[0].body
+    assert body["response_format"] == {
+        "type": "json_schema",
+        "json_schema": {
+            "name": "block_rewrite",
+            "strict": True,
+            "schema": prompts.proposal_schema(),
+        },
+    }
+    assert '"block"' in body["messages"][0]["content"]
+    assert (proposal.text, proposal.rationale, proposal.grammar) == (
+        NEW_TRAIN,
+        "momentum trains faster",
+        "json-schema",
     )
+
+
+def test_a_refused_constraint_steps_down_once_and_stays_down(server: OpenAIServer) -> None:
+    refusal = error_body(
+        "Unsupported parameter: 'tools' is not supported with this model.",
+        "invalid_request_error",
+    )
+    answer = json.dumps({"reason": "longer", "block": NEW_TRAIN})
+    server.push(
+        Reply(refusal, status=400),
+        Reply(chat_completion(answer)),
+        Reply(chat_completion(answer)),
+    )
+    notes: list[str] = []
+    expert = make_expert(server, "gpt-5-mini", grammar_mode="auto", notify=notes.append)
+    first = expert.propose(make_context())
+    second = expert.propose(make_context())
+    posts = [r.body for r in server.requests if r.body is not None]
+    assert "tools" in posts[0] and "tools" not in posts[1] and "tools" not in posts[2]
+    assert "response_format" in posts[1] and "response_format" in posts[2]
+    assert first.grammar == second.grammar == "json-schema"
+    assert first.grammar_note.startswith("the server refused chat-lark (HTTP 400: Unsupported")
+    assert first.grammar_note.endswith("stepped down to json-schema")
+    assert second.grammar_note == ""
+    assert any("stepped down to json-schema" in note for note in notes)
+    assert first.text == NEW_TRAIN
+
+
+def test_a_400_that_names_another_field_is_not_a_step_down(server: OpenAIServer) -> None:
+    server.push(Reply(error_body("'messages' must not be empty", "invalid_request_error"), 400))
+    with pytest.raises(ExpertError, match=r"refused the request \(HTTP 400\)"):
+        make_expert(server, grammar_mode="llama-gbnf").propose(make_context())
+    assert len(server.requests) == 1
 
 
 def test_a_missing_api_key_is_a_clear_message(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -434,7 +572,7 @@ def test_select_asks_for_strict_json_over_chat(server: OpenAIServer) -> None:
     answer = {"block": "augment", "reason": "train accuracy far above validation"}
     server.push(Reply(chat_completion(json.dumps(answer), prompt_tokens=50, completion_tokens=10)))
     candidates = ["augment", "model", "train", "eval"]
-    selection = make_expert(server).select(make_context(), candidates)
+    selection = make_expert(server, grammar_mode="json").select(make_context(), candidates)
     assert selection is not None
     assert (selection.block, selection.reason, selection.tokens) == (
         "augment",
@@ -465,7 +603,8 @@ def test_select_asks_for_strict_json_over_chat(server: OpenAIServer) -> None:
 
 def test_select_over_responses_uses_text_format(server: OpenAIServer) -> None:
     server.push(Reply(response_object(json.dumps({"block": "train", "reason": "underfits"}))))
-    selection = make_expert(server, api="responses").select(make_context(), ["model", "train"])
+    expert = make_expert(server, api="responses", grammar_mode="json")
+    selection = expert.select(make_context(), ["model", "train"])
     assert selection is not None and selection.block == "train"
     fmt = server.requests[0].body["text"]["format"]
     assert fmt["type"] == "json_schema" and fmt["strict"] is True

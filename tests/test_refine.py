@@ -289,6 +289,7 @@ def test_refine_help_names_every_flag() -> None:
         "--iters",
         "--expert",
         "--base-url",
+        "--grammar",
         "--select",
         "--strategy",
         "--zero-shot",

@@ -137,7 +137,8 @@ def add_grammar(verbs: Verbs) -> None:
         help="the grammar an LLM is held to when rewriting a block",
         description="Print the reply grammar for one refinable block (or all of "
         "them, in order, for all-at-once rewriting): closed vocabulary, locked "
-        "fields absent.",
+        "fields absent. `improve refine` sends the Lark form to OpenAI (a custom tool, "
+        "GPT-5 models) and the GBNF form to vLLM, SGLang and llama.cpp.",
     )
     p.add_argument(
         "--block",
@@ -148,7 +149,8 @@ def add_grammar(verbs: Verbs) -> None:
         "--format",
         choices=["lark", "gbnf"],
         default="lark",
-        help="lark (OpenAI custom tools, vLLM) or gbnf (llama.cpp); default lark",
+        help="lark (OpenAI's custom tools with GPT-5; vLLM takes it too) or gbnf (vLLM, "
+        "SGLang, llama.cpp); default lark",
     )
     p.set_defaults(func=cmd_grammar)
 

@@ -29,17 +29,30 @@ experts:
   heuristic        rule-based, offline: reads the curves (over/underfitting, instability,
                    slow convergence) and tries the moves a practitioner would
   openai[:MODEL]   any OpenAI-compatible server (OPENAI_API_KEY, --base-url or
-                   OPENAI_BASE_URL: OpenAI, vLLM, llama.cpp, Ollama), held to the block's
-                   grammar where the server supports it
+                   OPENAI_BASE_URL): OpenAI, vLLM, SGLang, llama.cpp, Ollama; replies are
+                   held to the block's grammar as the server allows (see --grammar)
   replay:FILE      proposals read from a file (.jsonl or .imp), for reproducible runs
   The default is openai when OPENAI_API_KEY or --base-url is set, else heuristic.
 
 On a CPU the candidates start as forks of a helper that has imported torch once (about a
 second each besides training, instead of about six); IMPROVE_FORK_SERVER=0 turns it off.
 
+grammar (--grammar, or $IMPROVE_GRAMMAR; the mode used is journalled per attempt):
+  auto   ask the server once who it is and send the strongest constraint it takes:
+         OpenAI (GPT-5): the block's Lark grammar as a custom tool; vLLM: GBNF in
+         structured_outputs (guided_grammar before 0.10.2); SGLang: GBNF as ebnf;
+         llama.cpp: GBNF as grammar; Ollama and others: a JSON schema holding the
+         block as a string; else free text
+  lark   the Lark grammar (OpenAI custom tool; vLLM structured_outputs)
+  gbnf   the GBNF grammar (vLLM, SGLang, llama.cpp)
+  json   the JSON schema only;  none: free text, checked and fed back
+  A server that refuses a constraint with HTTP 400 naming it steps down one rung
+  (grammar, then JSON, then free text), says so, and keeps what worked.
+
 examples:
   improve refine specs/digits.imp --iters 5
   improve refine spec.imp --iters 20 --expert openai:gpt-5-mini --seeds 3 --git
+  improve refine spec.imp --expert openai:Qwen/Qwen3-8B --base-url http://gpu:8000/v1
   improve refine spec.imp --zero-shot --expert openai     # the paper's baseline
   improve refine --resume spec.improve/20261104-101500
 
@@ -69,6 +82,12 @@ def add_refine(verbs: Verbs) -> None:
         metavar="URL",
         help="OpenAI-compatible server for the openai expert (default "
         "$OPENAI_BASE_URL, else OpenAI)",
+    )
+    p.add_argument(
+        "--grammar",
+        choices=("auto", "lark", "gbnf", "json", "none"),
+        help="how the openai expert's replies are held to the block's grammar (see below; "
+        "default $IMPROVE_GRAMMAR, else auto)",
     )
     p.add_argument(
         "--select",

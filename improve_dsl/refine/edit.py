@@ -23,15 +23,24 @@ class EditError(Exception):
     """A reply that cannot be used as an edit; the message says what to send instead.
 
     ``raw`` is the reply as received; ``tokens`` and ``cost_usd`` what it cost, so that an
-    invalid attempt is still accounted for.
+    invalid attempt is still accounted for; ``grammar`` how the reply was constrained.
     """
 
-    def __init__(self, message: str, *, raw: str = "", tokens: int = 0, cost_usd: float = 0.0):
+    def __init__(
+        self,
+        message: str,
+        *,
+        raw: str = "",
+        tokens: int = 0,
+        cost_usd: float = 0.0,
+        grammar: str = "",
+    ):
         super().__init__(message)
         self.message = message
         self.raw = raw
         self.tokens = tokens
         self.cost_usd = cost_usd
+        self.grammar = grammar
 
     def __str__(self) -> str:
         return self.message

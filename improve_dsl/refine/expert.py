@@ -19,6 +19,7 @@ class Attempt:
     diff: str
     rationale: str
     move: str = ""  # the heuristic expert's move id, "" for others
+    seconds: float | None = None  # what its training cost, None when it never ran
 
 
 @dataclass(frozen=True)
@@ -36,6 +37,11 @@ class Context:
     seed: int = 0
     feedback: str | None = None  # diagnostics of the previous reply, on a retry
     previous_reply: str | None = None
+    incumbent_seconds: float | None = None  # the incumbent's training time
+    budget_seconds: float | None = None  # --budget-minutes, in seconds
+    elapsed_seconds: float = 0.0  # spent so far on this run
+    max_cost: float | None = None  # --max-cost, in dollars
+    spent_usd: float = 0.0  # what the expert has cost so far
 
 
 @dataclass(frozen=True)
@@ -48,6 +54,8 @@ class Proposal:
     tokens: int = 0
     cost_usd: float = 0.0
     raw: str = ""  # the raw reply, for the log
+    grammar: str = ""  # how the reply was constrained (an openai_expert mode), "" if n/a
+    grammar_note: str = ""  # a constraint the server refused on the way, if any
 
 
 @dataclass(frozen=True)

@@ -98,6 +98,8 @@ class Refiner:
             base_url=options.base_url,
             seed=options.expert_seed,
             max_cost=options.max_cost,
+            grammar=options.grammar,
+            notify=reporter.message,
         )
         self.executor: Executor | None = None
         self.records: list[Record] = run.records()
@@ -136,6 +138,7 @@ class Refiner:
                 r.diff,
                 r.rationale,
                 "" if r.extras.get("outranked_by") else r.move,
+                r.seconds or None,
             )
             for r in self.attempts
         ]
@@ -200,6 +203,7 @@ class Refiner:
         feedback: str | None = None,
         previous: str | None = None,
     ) -> Context:
+        budget = self.options.budget_minutes
         return Context(
             spec_text=self.incumbent.text,
             spec_path=str(self.spec_path),
@@ -212,6 +216,13 @@ class Refiner:
             seed=self.options.expert_seed,
             feedback=feedback,
             previous_reply=previous,
+            incumbent_seconds=next(
+                (r.seconds for r in self.records if r.iteration == self.incumbent.iteration), None
+            ),
+            budget_seconds=None if budget is None else budget * 60,
+            elapsed_seconds=self.elapsed,
+            max_cost=self.options.max_cost,
+            spent_usd=self.spent,
         )
 
     # ------------------------------------------------------------ the whole run
@@ -411,6 +422,7 @@ class Refiner:
             except edit.EditError as exc:  # a reply of the wrong shape, already paid for
                 tokens += exc.tokens
                 cost += exc.cost_usd
+                proposal = proposal or Proposal("", "", raw=exc.raw, grammar=exc.grammar)
                 feedback, previous = edit.feedback_for(exc), exc.raw
                 refused += 1
                 continue
@@ -688,6 +700,9 @@ class Refiner:
                 f"it beat the incumbent, but iteration {outranked_by} of the same round did better"
             )
         extras["move"] = proposal.move if proposal else ""
+        if proposal and proposal.grammar:  # how the reply was constrained; a refusal on the way
+            extras["grammar"] = proposal.grammar
+            extras.update({"grammar_note": proposal.grammar_note} if proposal.grammar_note else {})
         if candidate.choice is not None:
             extras["selector"] = candidate.choice.selector
             extras["selection"] = candidate.choice.reason
@@ -984,6 +999,8 @@ def _start(spec_path: Path | None, options: RefineOptions, reporter: Reporter) -
         base_url=options.base_url,
         seed=options.expert_seed,
         max_cost=options.max_cost,
+        grammar=options.grammar,
+        notify=reporter.message,
     )
     root = runs_root(spec_path)
     path = options.run_dir or root / new_run_id(root)

@@ -1,9 +1,12 @@
 """The LLM expert: any OpenAI-compatible endpoint through the ``openai`` client.
 
-Output is held to the block's grammar where the server can do it: an OpenAI custom tool with
-a Lark grammar (Responses or Chat Completions shape), vLLM ``structured_outputs``, llama.cpp
-``grammar`` (GBNF). Otherwise the reply is free text, extracted strictly by ``edit``. Either
-way the caller still checks the text with ``edit.apply_edit`` before anything runs.
+Output is held to the block's grammar where the server can do it (``constraint`` says how,
+and which server it is): an OpenAI custom tool with a Lark grammar (Responses or Chat), vLLM
+``structured_outputs``, SGLang ``ebnf``, llama.cpp ``grammar`` (GBNF), a JSON schema with
+the block as a string field (Ollama and most others), else free text. A server that refuses
+a constraint with a 400 naming its field steps down one rung, says so, and keeps the mode
+that worked. Either way the caller still checks the text with ``edit.apply_edit`` before
+anything runs.
 """
 
 from __future__ import annotations
@@ -14,40 +17,42 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal, get_args
-from urllib.parse import urlparse
 
 import openai
 
 from .. import grammar_export
 from . import prompts
+from .constraint import (
+    MODE_LABELS,
+    ConstraintError,
+    Mode,
+    Server,
+    grammar_choice,
+    is_openai_url,
+    ladder,
+    names_parameter,
+    probe,
+)
 from .edit import EditError, rationale_of, split_reply
 from .expert import Context, ExpertError, Proposal, Selection, Usage
 from .pricing import PriceError, cost_usd, load_prices
 
-GrammarMode = Literal["auto", "responses-lark", "chat-lark", "vllm", "llama-cpp", "none"]
 Api = Literal["chat", "responses"]
 
 DEFAULT_MODEL = "gpt-5-mini"  # `--expert openai` without a model: cheap, and takes Lark tools
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
 TOOL_NAME = "edit"
 _RETRYABLE = {408, 409, 429}  # and every 5xx
+_PROBED_CHOICES = ("auto", "lark", "gbnf")  # the choices whose request shape needs the server
 
 
-def is_openai_url(base_url: str | None) -> bool:
-    """True for OpenAI's own API (the default when no base URL is given)."""
-    if base_url is None:
-        return True
-    return (urlparse(base_url).hostname or "").lower() == "api.openai.com"
+class RefusedError(ExpertError):
+    """The server refused a request (a 4xx other than 408/409/429): not retried."""
 
-
-def resolve_grammar_mode(mode: GrammarMode, model: str, base_url: str | None) -> GrammarMode:
-    """``auto``: OpenAI's Lark custom tools for GPT-5 models on OpenAI's API, else free text."""
-    if mode != "auto":
-        return mode
-    name = model.rsplit("/", 1)[-1].lower()
-    if name.startswith("gpt-5") and is_openai_url(base_url):
-        return "responses-lark"
-    return "none"
+    def __init__(self, message: str, status: int, reason: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.reason = reason  # the server's own words (and the parameter it named)
 
 
 def _retry_after(exc: BaseException) -> float | None:
@@ -67,7 +72,9 @@ def _server_message(exc: openai.APIStatusError) -> str:
     if isinstance(body, Mapping):
         error = body.get("error", body)
         if isinstance(error, Mapping) and isinstance(error.get("message"), str):
-            return str(error["message"])
+            param = error.get("param")
+            extra = f" (param: {param})" if isinstance(param, str) and param else ""
+            return str(error["message"]) + extra
         if isinstance(error, str):
             return error
     return exc.message
@@ -90,6 +97,19 @@ def _tokens(response: Any) -> tuple[int, int]:
     return counts[0], counts[1]
 
 
+def _json_object(raw: str) -> dict[str, Any] | None:
+    """The first JSON object in ``raw`` (all of it, or one inside prose), else None."""
+    decoder = json.JSONDecoder()
+    for start in [i for i, ch in enumerate(raw) if ch == "{"][:50]:
+        try:
+            value, _ = decoder.raw_decode(raw, start)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(value, dict):
+            return value
+    return None
+
+
 class OpenAIExpert:
     """Proposes block rewrites (and, as analyst, block choices) with an OpenAI-compatible LLM."""
 
@@ -99,18 +119,21 @@ class OpenAIExpert:
         *,
         base_url: str | None = None,
         api_key: str | None = None,
-        grammar_mode: GrammarMode = "auto",
-        api: Api = "chat",
+        grammar_mode: str | None = "auto",
+        api: Api | None = None,
         timeout: float = 120.0,
         max_retries: int = 3,
         prices: Mapping[str, Any] | str | Path | None = None,
         max_cost: float | None = None,
         backoff: float = 1.0,
         max_backoff: float = 30.0,
+        notify: Callable[[str], None] | None = None,
     ) -> None:
-        if grammar_mode not in get_args(GrammarMode):
-            raise ValueError(f"grammar mode must be one of {', '.join(get_args(GrammarMode))}")
-        if api not in get_args(Api):
+        try:
+            self.choice = grammar_choice(grammar_mode)
+        except ConstraintError as exc:
+            raise ExpertError(str(exc)) from None
+        if api is not None and api not in get_args(Api):
             raise ValueError("api must be 'chat' or 'responses'")
         self.model = model
         self.name = f"openai:{model}"
@@ -123,22 +146,80 @@ class OpenAIExpert:
                     "OpenAI-compatible server (vLLM, llama.cpp, Ollama)"
                 )
             key = "unused"  # local servers ignore it, the client insists on one
-        self.grammar_mode: GrammarMode = resolve_grammar_mode(grammar_mode, model, self.base_url)
-        self.api: Api = api
+        self.api_key = key
+        self.api: Api | None = api
         self.max_retries = max(0, max_retries)
         self.backoff = backoff
         self.max_backoff = max_backoff
         self.max_cost = max_cost
+        self.notify = notify or (lambda text: None)
         try:
             self.prices = load_prices(prices)
         except PriceError as exc:
             raise ExpertError(str(exc)) from None
         self.usage = Usage()
+        self.server: Server | None = None
+        self._modes: list[Mode] = []
+        self._refused: set[str] = set()  # modes this server refused: never asked again
+        self._lark = self._gbnf = ""  # the grammar of the blocks being proposed
         # Retries are ours (below): the same backoff for every shape of failure, and a
         # clear message when they run out.
         self.client = openai.OpenAI(
             base_url=self.base_url, api_key=key, timeout=timeout, max_retries=0
         )
+
+    # ------------------------------------------------------------ what the server takes
+
+    def detect(self) -> list[Mode]:
+        """Probe the server once (only when the choice needs it) and settle the ladder of
+        modes; ExpertError for a choice this server cannot take."""
+        if self.server is None:
+            if self.choice in _PROBED_CHOICES:
+                self.server = probe(self.base_url, self.api_key)
+            else:
+                self.server = Server("openai" if is_openai_url(self.base_url) else "unknown")
+            try:
+                self._modes = ladder(self.choice, self.server, self.model, self.api)
+            except ConstraintError as exc:
+                raise ExpertError(f"{self.name}: {exc}") from None
+            if self.choice in _PROBED_CHOICES:
+                self.notify(
+                    f"{self.name}: {self.server.describe()}; replies held to "
+                    f"{MODE_LABELS[self._modes[0]]}"
+                )
+        return self._modes
+
+    @property
+    def grammar_mode(self) -> Mode:
+        """The mode the next proposal will use."""
+        return self.detect()[0]
+
+    def _api(self) -> Api:
+        if self.api is not None:
+            return self.api
+        return "responses" if self.server is not None and self.server.kind == "openai" else "chat"
+
+    def _step_down(self, modes: list[Mode], exc: RefusedError) -> str:
+        """Drop a refused mode for good; the note said on the console and journalled."""
+        refused = modes[0]
+        self._refused.add(refused)
+        self._modes = [m for m in self._modes if m not in self._refused] or ["none"]
+        remaining = [m for m in modes if m not in self._refused] or ["none"]
+        note = (
+            f"the server refused {refused} (HTTP {exc.status}: {exc.reason}); stepped down "
+            f"to {remaining[0]}"
+        )
+        self.notify(f"{self.name}: {note}: {MODE_LABELS[remaining[0]]}")
+        return note
+
+    def _refusal_of(self, mode: Mode, exc: ExpertError) -> RefusedError | None:
+        if not isinstance(exc, RefusedError) or mode == "none":
+            return None
+        if exc.status in (400, 422) and names_parameter(mode, exc.reason):
+            return exc
+        if exc.status == 404 and mode == "responses-lark":
+            return exc  # no Responses API here (a proxy): the Chat shape of the same tool
+        return None
 
     # ------------------------------------------------------------ HTTP with retries and cost
 
@@ -170,9 +251,11 @@ class OpenAIExpert:
             except openai.APIStatusError as exc:
                 status = exc.status_code
                 if status not in _RETRYABLE and status < 500:
-                    raise ExpertError(
-                        f"{self.name}: the server refused the request (HTTP {status}): "
-                        f"{_server_message(exc)}"
+                    reason = _server_message(exc)
+                    raise RefusedError(
+                        f"{self.name}: the server refused the request (HTTP {status}): {reason}",
+                        status,
+                        reason,
                     ) from None
                 failure, last = f"HTTP {status}: {_server_message(exc)}", exc
             except openai.APITimeoutError as exc:
@@ -221,18 +304,22 @@ class OpenAIExpert:
         text = getattr(response, "output_text", "")
         return text if isinstance(text, str) else ""
 
-    # ------------------------------------------------------------ the Expert protocol
+    # ------------------------------------------------------------ one request per mode
 
-    def propose(self, context: Context) -> Proposal:
-        """A rewrite of ``context.blocks``. A reply of the wrong shape raises EditError (with
-        the raw reply and its cost); an unreachable or unpaid server raises ExpertError."""
-        blocks = list(context.blocks)
-        mode = self.grammar_mode
-        messages = prompts.expert_messages(context, constrained=mode != "none")
+    def _ask(
+        self,
+        mode: Mode,
+        what: str,
+        messages: list[dict[str, str]],
+        schema: tuple[str, dict[str, Any]],
+    ) -> tuple[str, int, float]:
+        """Send ``messages`` constrained by ``mode``: the raw reply, its tokens and cost.
+        The grammar modes send the blocks' grammar, ``json-schema`` the named ``schema``."""
+        api = self._api()
         if mode == "responses-lark":
             response, tokens, cost = self._request(
                 "responses",
-                "propose",
+                what,
                 instructions=messages[0]["content"],
                 input=messages[1:],
                 tools=[
@@ -240,109 +327,146 @@ class OpenAIExpert:
                         "type": "custom",
                         "name": TOOL_NAME,
                         "description": prompts.TOOL_DESCRIPTION,
-                        "format": {
-                            "type": "grammar",
-                            "syntax": "lark",
-                            "definition": grammar_export.blocks_grammar(blocks, "lark"),
-                        },
+                        "format": {"type": "grammar", "syntax": "lark", "definition": self._lark},
                     }
                 ],
                 tool_choice="required",
                 parallel_tool_calls=False,
             )
-            raw = self._responses_text(response, tool=True)
-        elif mode == "chat-lark":
+            return self._responses_text(response, tool=True), tokens, cost
+        if mode == "chat-lark":
+            custom = {
+                "name": TOOL_NAME,
+                "description": prompts.TOOL_DESCRIPTION,
+                "format": {
+                    "type": "grammar",
+                    "grammar": {"syntax": "lark", "definition": self._lark},
+                },
+            }
             response, tokens, cost = self._request(
                 "chat",
-                "propose",
+                what,
                 messages=messages,
-                tools=[
-                    {
-                        "type": "custom",
-                        "custom": {
-                            "name": TOOL_NAME,
-                            "description": prompts.TOOL_DESCRIPTION,
-                            "format": {
-                                "type": "grammar",
-                                "grammar": {
-                                    "syntax": "lark",
-                                    "definition": grammar_export.blocks_grammar(blocks, "lark"),
-                                },
-                            },
-                        },
-                    }
-                ],
+                tools=[{"type": "custom", "custom": custom}],
                 tool_choice="required",
                 parallel_tool_calls=False,
             )
-            raw = self._chat_text(response, tool=True)
-        elif mode in ("vllm", "llama-cpp"):
-            grammar = grammar_export.blocks_grammar(blocks, "gbnf")
-            extra = (
-                {"structured_outputs": {"grammar": grammar}}
-                if mode == "vllm"
-                else {"grammar": grammar}
-            )
+            return self._chat_text(response, tool=True), tokens, cost
+        if mode in ("vllm-gbnf", "vllm-lark", "vllm-guided-gbnf", "sglang-gbnf", "llama-gbnf"):
+            text = self._lark if mode == "vllm-lark" else self._gbnf
+            fields: dict[str, dict[str, Any]] = {
+                "vllm-gbnf": {"structured_outputs": {"grammar": text}},
+                "vllm-lark": {"structured_outputs": {"grammar": text}},
+                "vllm-guided-gbnf": {"guided_grammar": text},
+                "sglang-gbnf": {"ebnf": text},
+                "llama-gbnf": {"grammar": text},
+            }
+            extra = fields[mode]
             response, tokens, cost = self._request(
-                "chat", "propose", messages=messages, extra_body=extra
+                "chat", what, messages=messages, extra_body=extra
             )
-            raw = self._chat_text(response, tool=False)
-        elif self.api == "responses":
+            return self._chat_text(response, tool=False), tokens, cost
+        kwargs: dict[str, Any] = {}
+        name, body = schema
+        if mode == "json-schema" and api == "responses":
+            kwargs["text"] = {
+                "format": {"type": "json_schema", "name": name, "strict": True, "schema": body}
+            }
+        elif mode == "json-schema":
+            kwargs["response_format"] = {
+                "type": "json_schema",
+                "json_schema": {"name": name, "strict": True, "schema": body},
+            }
+        if api == "responses":
             response, tokens, cost = self._request(
-                "responses", "propose", instructions=messages[0]["content"], input=messages[1:]
+                "responses", what, instructions=messages[0]["content"], input=messages[1:], **kwargs
             )
-            raw = self._responses_text(response, tool=False)
-        else:
-            response, tokens, cost = self._request("chat", "propose", messages=messages)
-            raw = self._chat_text(response, tool=False)
+            return self._responses_text(response, tool=False), tokens, cost
+        response, tokens, cost = self._request("chat", what, messages=messages, **kwargs)
+        return self._chat_text(response, tool=False), tokens, cost
+
+    def _constrained(
+        self,
+        modes: list[Mode],
+        what: str,
+        messages_for: Callable[[Mode], list[dict[str, str]]],
+        schema: tuple[str, dict[str, Any]],
+    ) -> tuple[Mode, str, int, float, str]:
+        """Ask with the strongest mode left, stepping down on a refusal that names it:
+        (mode used, raw reply, tokens, cost, the step-down note or "")."""
+        notes: list[str] = []
+        while True:
+            mode = modes[0]
+            try:
+                raw, tokens, cost = self._ask(mode, what, messages_for(mode), schema)
+            except ExpertError as exc:
+                refusal = self._refusal_of(mode, exc)
+                if refusal is None:
+                    raise
+                notes.append(self._step_down(modes, refusal))
+                modes = [m for m in modes if m not in self._refused] or ["none"]
+                continue
+            return mode, raw, tokens, cost, "; ".join(notes)
+
+    # ------------------------------------------------------------ the Expert protocol
+
+    def propose(self, context: Context) -> Proposal:
+        """A rewrite of ``context.blocks``. A reply of the wrong shape raises EditError (with
+        the raw reply and its cost); an unreachable or unpaid server raises ExpertError."""
+        blocks = list(context.blocks)
+        self._lark = grammar_export.blocks_grammar(blocks, "lark")
+        self._gbnf = grammar_export.blocks_grammar(blocks, "gbnf")
+
+        def messages_for(mode: Mode) -> list[dict[str, str]]:
+            return prompts.expert_messages(
+                context, constrained=mode != "none", json_reply=mode == "json-schema"
+            )
+
+        mode, raw, tokens, cost, note = self._constrained(
+            list(self.detect()),
+            "propose",
+            messages_for,
+            (prompts.PROPOSAL_SCHEMA_NAME, prompts.proposal_schema()),
+        )
+        rationale = ""
+        text_reply = raw
+        if mode == "json-schema" or raw.lstrip().startswith("{"):
+            data = _json_object(raw)
+            if data is not None and isinstance(data.get("block"), str):
+                text_reply = data["block"]
+                rationale = " ".join(str(data.get("reason") or "").split())
         try:
-            text, _ = split_reply(raw, blocks)
+            text, _ = split_reply(text_reply, blocks)
         except EditError as exc:
-            raise EditError(exc.message, raw=raw, tokens=tokens, cost_usd=cost) from None
-        rationale = rationale_of(raw, blocks)
-        return Proposal(text=text, rationale=rationale, tokens=tokens, cost_usd=cost, raw=raw)
+            raise EditError(
+                exc.message, raw=raw, tokens=tokens, cost_usd=cost, grammar=mode
+            ) from None
+        rationale = rationale or rationale_of(text_reply, blocks)
+        return Proposal(
+            text=text,
+            rationale=rationale,
+            tokens=tokens,
+            cost_usd=cost,
+            raw=raw,
+            grammar=mode,
+            grammar_note=note,
+        )
 
     def select(self, context: Context, candidates: Sequence[str]) -> Selection | None:
-        """The analyst's choice among ``candidates``, as strict JSON; ExpertError when the
-        reply is not a valid choice."""
+        """The analyst's choice among ``candidates``, as JSON (schema-constrained where the
+        server takes it); ExpertError when the reply is not a valid choice."""
         if not candidates:
             return None
         if len(candidates) == 1:
             return Selection(candidates[0], "the only candidate")
+        self.detect()
         messages = prompts.analyst_messages(context, candidates)
-        schema = prompts.selection_schema(candidates)
-        name = prompts.SELECTION_SCHEMA_NAME
-        if self.api == "responses":
-            response, tokens, cost = self._request(
-                "responses",
-                "select",
-                instructions=messages[0]["content"],
-                input=messages[1:],
-                text={
-                    "format": {
-                        "type": "json_schema",
-                        "name": name,
-                        "strict": True,
-                        "schema": schema,
-                    }
-                },
-            )
-            raw = self._responses_text(response, tool=False)
-        else:
-            response, tokens, cost = self._request(
-                "chat",
-                "select",
-                messages=messages,
-                response_format={
-                    "type": "json_schema",
-                    "json_schema": {"name": name, "strict": True, "schema": schema},
-                },
-            )
-            raw = self._chat_text(response, tool=False)
-        try:
-            data = json.loads(raw)
-        except json.JSONDecodeError:
-            data = None
+        schema = (prompts.SELECTION_SCHEMA_NAME, prompts.selection_schema(candidates))
+        modes: list[Mode] = [
+            m for m in ("json-schema", "none") if m not in self._refused and self.choice != "none"
+        ] or ["none"]
+        _, raw, tokens, cost, _ = self._constrained(modes, "select", lambda _: messages, schema)
+        data = _json_object(raw)
         if (
             not isinstance(data, dict)
             or data.get("block") not in candidates

@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -14,6 +14,7 @@ from typing import Any
 from ..journal import (
     Record,
 )
+from .constraint import GRAMMAR_CHOICES
 from .expert import Expert, ExpertError
 from .select import SELECTORS
 
@@ -55,6 +56,7 @@ class RefineOptions:
     iters: int = 10
     expert: str | None = None  # heuristic | openai[:MODEL] | replay:FILE; None: by API key
     base_url: str | None = None
+    grammar: str | None = None  # auto|lark|gbnf|json|none; None: $IMPROVE_GRAMMAR, else auto
     select: str = "analyst"
     strategy: str = "iterative"
     zero_shot: bool = False
@@ -96,6 +98,8 @@ class RefineOptions:
             raise RefineError("--budget-minutes must be positive")
         if self.max_cost is not None and self.max_cost < 0:
             raise RefineError("--max-cost must be 0 or more")
+        if self.grammar is not None and self.grammar not in GRAMMAR_CHOICES:
+            raise RefineError(f"--grammar must be one of {', '.join(GRAMMAR_CHOICES)}")
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> RefineOptions:
@@ -108,6 +112,7 @@ class RefineOptions:
         return cls(
             expert=args.expert,
             base_url=args.base_url,
+            grammar=args.grammar,
             select=args.select,
             strategy=args.strategy,
             zero_shot=args.zero_shot,
@@ -186,8 +191,14 @@ def make_expert(
     base_url: str | None = None,
     seed: int = 0,
     max_cost: float | None = None,
+    grammar: str | None = None,
+    notify: Callable[[str], None] | None = None,
 ) -> Expert:
-    """The expert named by ``--expert`` (heuristic, openai[:MODEL], replay:FILE)."""
+    """The expert named by ``--expert`` (heuristic, openai[:MODEL], replay:FILE).
+
+    An openai expert probes its server here, once (``--grammar auto``): a constraint the
+    server cannot take is a RefineError before any run folder exists. ``notify`` hears what
+    was found and any constraint refused later (the console)."""
     spec = spec or default_expert(base_url)
     try:
         if spec == "heuristic":
@@ -207,7 +218,11 @@ def make_expert(
             model = spec.partition(":")[2] or str(
                 getattr(openai_expert, "DEFAULT_MODEL", "gpt-5-mini")
             )
-            return openai_expert.OpenAIExpert(model, base_url=base_url, max_cost=max_cost)
+            expert = openai_expert.OpenAIExpert(
+                model, base_url=base_url, max_cost=max_cost, grammar_mode=grammar, notify=notify
+            )
+            expert.detect()
+            return expert
     except ExpertError as exc:
         raise RefineError(str(exc)) from None
     raise RefineError(f"unknown expert {spec!r}; choose heuristic, openai[:MODEL] or replay:FILE")

@@ -31,19 +31,32 @@ Each turn you rewrite {what} to raise {metric} on the validation split. The spec
 from scratch after your change and your change is kept only if the score improves.
 
 Rules:
-- Answer with only {what}, complete: every field you want set, in `.imp`. No prose, no \
-Markdown headings, no other block{fence_rule}.
+- {answer_rule}
 - Use only the fields and ops in the block reference; a field you leave out takes its default.
 - Never write Python; it would not run.
 - Locked fields ({locked}) are not yours: leave them out and they are kept as they are.
-- Put the reason for your change in a `#` comment at the end of the first line \
-(`{first} {{  # why: ...`).
+- {reason_rule}
 - Prefer one or two well-founded changes. Learn from the earlier attempts: do not repeat a \
 change that was rejected or failed, and build on those that were accepted.
-- Training time grows with epochs, model size and image count; keep runs affordable.
+- Training time grows with epochs, model size and image count; each attempt shows what its \
+training took, and the budget left is stated: trade accuracy against time as a careful \
+practitioner would.
 """
 
 FENCE_RULE = "; you may wrap the block in one ```imp fence"
+ANSWER_RULE = (
+    "Answer with only {what}, complete: every field you want set, in `.imp`. No prose, no "
+    "Markdown headings, no other block{fence_rule}."
+)
+JSON_ANSWER_RULE = (
+    'Answer with a JSON object {{"reason": why you change it, in one sentence, "block": '
+    "{what} as `.imp` text, complete: every field you want set, no other block}}."
+)
+COMMENT_REASON_RULE = (
+    "Put the reason for your change in a `#` comment at the end of the first line "
+    "(`{first} {{  # why: ...`)."
+)
+JSON_REASON_RULE = "Put the reason for your change in the `reason` field."
 
 
 def _what(blocks: Sequence[str]) -> str:
@@ -53,15 +66,21 @@ def _what(blocks: Sequence[str]) -> str:
     return "the " + ", ".join(names[:-1]) + " and " + names[-1] + " blocks"
 
 
-def expert_system(blocks: Sequence[str], metric_name: str, *, constrained: bool) -> str:
-    """The expert's system prompt: the language, the one-block rule, no Python."""
+def expert_system(
+    blocks: Sequence[str], metric_name: str, *, constrained: bool, json_reply: bool = False
+) -> str:
+    """The expert's system prompt: the language, the one-block rule, no Python; with
+    ``json_reply`` the answer is a JSON object holding the block as a string."""
+    what = _what(blocks)
+    answer = JSON_ANSWER_RULE if json_reply else ANSWER_RULE
+    reason = JSON_REASON_RULE if json_reply else COMMENT_REASON_RULE
     return EXPERT_SYSTEM.format(
         blocks=", ".join(registry.BLOCK_NAMES),
         locked=", ".join(f"{b}.{f}" for b, f in registry.locked_fields()),
-        what=_what(blocks),
+        what=what,
         metric=metric_name,
-        fence_rule="" if constrained else FENCE_RULE,
-        first=blocks[0],
+        answer_rule=answer.format(what=what, fence_rule="" if constrained else FENCE_RULE),
+        reason_rule=reason.format(first=blocks[0]),
     )
 
 
@@ -93,13 +112,25 @@ def curves_table(curves: Sequence[Mapping[str, Any]], metric_name: str) -> str:
     return "\n".join(lines)
 
 
+def _duration(seconds: float) -> str:
+    if seconds < 60:
+        return f"{seconds:.1f} s"
+    return f"{seconds / 60:.1f} min"
+
+
+def _trained(seconds: float | None) -> str:
+    return f", trained in {_duration(seconds)}" if seconds else ""
+
+
 def _score(attempt: Attempt) -> str:
     if attempt.metric is None:
-        return "no score"
+        return "no score" + _trained(attempt.seconds)
     if attempt.incumbent_metric is None:
-        return f"{attempt.metric:.4f}"
+        return f"{attempt.metric:.4f}" + _trained(attempt.seconds)
     delta = attempt.metric - attempt.incumbent_metric
-    return f"{attempt.metric:.4f} vs {attempt.incumbent_metric:.4f} ({delta:+.4f})"
+    return f"{attempt.metric:.4f} vs {attempt.incumbent_metric:.4f} ({delta:+.4f})" + _trained(
+        attempt.seconds
+    )
 
 
 def _clip(text: str, limit: int) -> str:
@@ -130,7 +161,28 @@ def history_text(history: Sequence[Attempt]) -> str:
 def _incumbent(context: Context) -> str:
     if context.incumbent_metric is None:
         return "not scored yet"
-    return f"{context.metric_name} = {context.incumbent_metric:.4f}"
+    return f"{context.metric_name} = {context.incumbent_metric:.4f}" + _trained(
+        context.incumbent_seconds
+    )
+
+
+def budget_text(context: Context) -> str:
+    """What is left of --budget-minutes and --max-cost, one line each."""
+    lines = []
+    if context.budget_seconds is not None:
+        left = max(0.0, context.budget_seconds - context.elapsed_seconds)
+        lines.append(
+            f"time: {_duration(left)} left of {_duration(context.budget_seconds)} "
+            "(no new attempt starts after that)"
+        )
+    else:
+        lines.append(f"time: no limit ({_duration(context.elapsed_seconds)} spent so far)")
+    if context.max_cost is not None:
+        left_usd = max(0.0, context.max_cost - context.spent_usd)
+        lines.append(f"cost: ${left_usd:.2f} left of ${context.max_cost:.2f}")
+    else:
+        lines.append(f"cost: no limit (${context.spent_usd:.2f} spent so far)")
+    return "\n".join(lines)
 
 
 def situation(context: Context) -> list[str]:
@@ -151,6 +203,9 @@ def situation(context: Context) -> list[str]:
         "",
         "## Earlier attempts",
         history_text(context.history),
+        "",
+        "## Budget",
+        budget_text(context),
     ]
 
 
@@ -181,13 +236,15 @@ def retry_user(context: Context) -> str:
     )
 
 
-def expert_messages(context: Context, *, constrained: bool) -> list[dict[str, str]]:
+def expert_messages(
+    context: Context, *, constrained: bool, json_reply: bool = False
+) -> list[dict[str, str]]:
     """Chat messages for a proposal; a retry adds the refused reply and the feedback."""
+    system = expert_system(
+        context.blocks, context.metric_name, constrained=constrained, json_reply=json_reply
+    )
     messages = [
-        {
-            "role": "system",
-            "content": expert_system(context.blocks, context.metric_name, constrained=constrained),
-        },
+        {"role": "system", "content": system},
         {"role": "user", "content": expert_user(context)},
     ]
     if context.feedback:
@@ -200,6 +257,20 @@ def expert_messages(context: Context, *, constrained: bool) -> list[dict[str, st
 TOOL_DESCRIPTION = (
     "Submit the rewritten block(s) in .imp. The input is the complete block text, nothing else."
 )
+
+PROPOSAL_SCHEMA_NAME = "block_rewrite"
+
+
+def proposal_schema() -> dict[str, Any]:
+    """The strict JSON schema of a proposal where only JSON can be enforced (e.g. Ollama):
+    the block travels as a string, checked by ``edit`` like any reply."""
+    return {
+        "type": "object",
+        "properties": {"reason": {"type": "string"}, "block": {"type": "string"}},
+        "required": ["reason", "block"],
+        "additionalProperties": False,
+    }
+
 
 # ---------------------------------------------------------------- the analyst
 

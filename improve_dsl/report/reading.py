@@ -59,6 +59,14 @@ class Attempt:
         return str(self.record.extras.get("selection") or "")
 
     @property
+    def grammar(self) -> str:
+        """How the expert's reply was held to the grammar (``llama-gbnf``...), and a
+        constraint the server refused on the way, if any."""
+        mode = str(self.record.extras.get("grammar") or "")
+        note = str(self.record.extras.get("grammar_note") or "")
+        return f"{mode} ({note})" if mode and note else mode
+
+    @property
     def outcome(self) -> str:
         """Why it ended as it did, when that is not just its score (a failure, a pruning,
         the diagnostics that made a reply unusable, a better rival in the same round)."""
