@@ -611,6 +611,24 @@ def test_select_over_responses_uses_text_format(server: OpenAIServer) -> None:
     assert fmt["schema"]["properties"]["block"]["enum"] == ["model", "train"]
 
 
+def test_the_analyst_steps_down_to_free_text_when_json_schema_is_refused(
+    server: OpenAIServer,
+) -> None:
+    refusal = error_body("response_format: json_schema is not supported", "invalid_request_error")
+    server.push(
+        Reply(refusal, status=400),
+        Reply(chat_completion('I would pick {"block": "train", "reason": "it underfits"}.')),
+    )
+    notes: list[str] = []
+    expert = make_expert(server, grammar_mode="json", notify=notes.append)
+    selection = expert.select(make_context(), ["model", "train"])
+    assert selection is not None and selection.block == "train"
+    bodies = [r.body for r in server.requests]
+    assert "response_format" in bodies[0] and "response_format" not in bodies[1]
+    assert "stepped down to none" in notes[0]
+    assert expert.grammar_mode == "none"  # proposals, too, no longer ask for it
+
+
 def test_a_bad_analyst_reply_is_an_expert_error(server: OpenAIServer) -> None:
     server.push(Reply(chat_completion(json.dumps({"block": "pipeline", "reason": "x"}))))
     with pytest.raises(ExpertError, match="the analyst's reply is not a choice among"):

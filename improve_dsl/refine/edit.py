@@ -23,7 +23,8 @@ class EditError(Exception):
     """A reply that cannot be used as an edit; the message says what to send instead.
 
     ``raw`` is the reply as received; ``tokens`` and ``cost_usd`` what it cost, so that an
-    invalid attempt is still accounted for; ``grammar`` how the reply was constrained.
+    invalid attempt is still accounted for; ``grammar`` how the reply was constrained and
+    ``grammar_note`` a constraint the server refused on the way.
     """
 
     def __init__(
@@ -34,6 +35,7 @@ class EditError(Exception):
         tokens: int = 0,
         cost_usd: float = 0.0,
         grammar: str = "",
+        grammar_note: str = "",
     ):
         super().__init__(message)
         self.message = message
@@ -41,6 +43,7 @@ class EditError(Exception):
         self.tokens = tokens
         self.cost_usd = cost_usd
         self.grammar = grammar
+        self.grammar_note = grammar_note
 
     def __str__(self) -> str:
         return self.message

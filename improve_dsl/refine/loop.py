@@ -422,7 +422,9 @@ class Refiner:
             except edit.EditError as exc:  # a reply of the wrong shape, already paid for
                 tokens += exc.tokens
                 cost += exc.cost_usd
-                proposal = proposal or Proposal("", "", raw=exc.raw, grammar=exc.grammar)
+                proposal = proposal or Proposal(
+                    "", "", raw=exc.raw, grammar=exc.grammar, grammar_note=exc.grammar_note
+                )
                 feedback, previous = edit.feedback_for(exc), exc.raw
                 refused += 1
                 continue
@@ -700,9 +702,10 @@ class Refiner:
                 f"it beat the incumbent, but iteration {outranked_by} of the same round did better"
             )
         extras["move"] = proposal.move if proposal else ""
-        if proposal and proposal.grammar:  # how the reply was constrained; a refusal on the way
+        if proposal and proposal.grammar:  # how the reply was constrained
             extras["grammar"] = proposal.grammar
-            extras.update({"grammar_note": proposal.grammar_note} if proposal.grammar_note else {})
+        if proposal and proposal.grammar_note:  # a constraint the server refused on the way
+            extras["grammar_note"] = proposal.grammar_note
         if candidate.choice is not None:
             extras["selector"] = candidate.choice.selector
             extras["selection"] = candidate.choice.reason

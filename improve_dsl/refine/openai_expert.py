@@ -162,6 +162,10 @@ class OpenAIExpert:
         self._modes: list[Mode] = []
         self._refused: set[str] = set()  # modes this server refused: never asked again
         self._lark = self._gbnf = ""  # the grammar of the blocks being proposed
+        # Step-downs during the current attempt (every reply of it carries them, so the
+        # journal keeps them whichever reply ends the attempt), and who called last.
+        self._notes: list[str] = []
+        self._last_call = ""
         # Retries are ours (below): the same backoff for every shape of failure, and a
         # clear message when they run out.
         self.client = openai.OpenAI(
@@ -391,10 +395,9 @@ class OpenAIExpert:
         what: str,
         messages_for: Callable[[Mode], list[dict[str, str]]],
         schema: tuple[str, dict[str, Any]],
-    ) -> tuple[Mode, str, int, float, str]:
+    ) -> tuple[Mode, str, int, float]:
         """Ask with the strongest mode left, stepping down on a refusal that names it:
-        (mode used, raw reply, tokens, cost, the step-down note or "")."""
-        notes: list[str] = []
+        (mode used, raw reply, tokens, cost); a step-down is noted for the attempt."""
         while True:
             mode = modes[0]
             try:
@@ -403,10 +406,10 @@ class OpenAIExpert:
                 refusal = self._refusal_of(mode, exc)
                 if refusal is None:
                     raise
-                notes.append(self._step_down(modes, refusal))
+                self._notes.append(self._step_down(modes, refusal))
                 modes = [m for m in modes if m not in self._refused] or ["none"]
                 continue
-            return mode, raw, tokens, cost, "; ".join(notes)
+            return mode, raw, tokens, cost
 
     # ------------------------------------------------------------ the Expert protocol
 
@@ -422,7 +425,10 @@ class OpenAIExpert:
                 context, constrained=mode != "none", json_reply=mode == "json-schema"
             )
 
-        mode, raw, tokens, cost, note = self._constrained(
+        if context.feedback is None and self._last_call == "propose":
+            self._notes = []  # a new attempt (the analyst's call, if any, began it)
+        self._last_call = "propose"
+        mode, raw, tokens, cost = self._constrained(
             list(self.detect()),
             "propose",
             messages_for,
@@ -435,11 +441,12 @@ class OpenAIExpert:
             if data is not None and isinstance(data.get("block"), str):
                 text_reply = data["block"]
                 rationale = " ".join(str(data.get("reason") or "").split())
+        note = "; ".join(self._notes)
         try:
             text, _ = split_reply(text_reply, blocks)
         except EditError as exc:
             raise EditError(
-                exc.message, raw=raw, tokens=tokens, cost_usd=cost, grammar=mode
+                exc.message, raw=raw, tokens=tokens, cost_usd=cost, grammar=mode, grammar_note=note
             ) from None
         rationale = rationale or rationale_of(text_reply, blocks)
         return Proposal(
@@ -465,7 +472,8 @@ class OpenAIExpert:
         modes: list[Mode] = [
             m for m in ("json-schema", "none") if m not in self._refused and self.choice != "none"
         ] or ["none"]
-        _, raw, tokens, cost, _ = self._constrained(modes, "select", lambda _: messages, schema)
+        self._notes, self._last_call = [], "select"  # the analyst's call begins an attempt
+        _, raw, tokens, cost = self._constrained(modes, "select", lambda _: messages, schema)
         data = _json_object(raw)
         if (
             not isinstance(data, dict)
