@@ -101,7 +101,7 @@ def test_refine_holds_each_server_kind_to_the_grammar(
 
 def test_refine_against_llama_cpp_in_the_fast_tier(tmp_path: Path) -> None:
     with OpenAIServer("llama-cpp", generate=True, seed=3) as server:
-        code, _, records = _refine(tmp_path, server, "qwen3-8b")
+        code, run, records = _refine(tmp_path, server, "qwen3-8b")
     assert code == 0
     _check_every_request_was_constrained(server, "grammar", "llama-gbnf")
     assert [r["grammar"] for r in records if r["iteration"] > 0] == ["llama-gbnf"]
@@ -110,6 +110,8 @@ def test_refine_against_llama_cpp_in_the_fast_tier(tmp_path: Path) -> None:
     seconds = records[0]["seconds"]
     assert f"val_accuracy = {records[0]['metric']:.4f}, trained in" in prompt
     assert seconds > 0 and "## Budget\\ntime: no limit" in prompt
+    html = write_report(run.path).html.read_text()
+    assert "<dt>reply held to</dt><dd>llama-gbnf</dd>" in html
 
 
 @pytest.mark.slow
