@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import registry
+from .folder_memory import folder_memory
 from .ir import Op
 from .registry import DatasetFacts
 
@@ -63,6 +64,7 @@ class DatasetProfile:
     class_counts: tuple[int, ...]
     corrupt_files: int = 0
     notes: tuple[str, ...] = field(default=())
+    storage: str = ""  # an image folder's size on disk and decoded, and whether it streams
 
     def describe(self) -> str:
         """A few readable lines: sizes, image shape, classes and their balance, notes."""
@@ -77,6 +79,8 @@ class DatasetProfile:
             lines.append(f"class balance: {_balance(self.class_counts)}")
         if self.corrupt_files:
             lines.append(f"unreadable files: {self.corrupt_files:,} (skipped by the script)")
+        if self.storage:
+            lines.append(f"storage: {self.storage}")
         lines += [f"note: {note}" for note in self.notes]
         return "\n".join(lines)
 
@@ -361,6 +365,14 @@ def _profile_folder(source: Op) -> DatasetProfile:
         ((mode, _),) = scan.modes.most_common(1)
         if mode != ("L" if channels == 1 else "RGB"):
             notes.append(f"images are mode {mode}, converted to {target}")
+    budget = source.params.get("memory_budget")
+    # The training folder (the whole folder when it has no test/) decides whether runs stream.
+    memory = folder_memory(
+        [p for p in all_files if p not in corrupt],
+        size,
+        channels,
+        float(budget) if isinstance(budget, (int, float)) else None,
+    )
     return DatasetProfile(
         name=f"image_folder({root})",
         train_count=train_count,
@@ -373,4 +385,5 @@ def _profile_folder(source: Op) -> DatasetProfile:
         class_counts=counts,
         corrupt_files=corrupt_count,
         notes=tuple(notes),
+        storage=memory.describe(),
     )

@@ -42,6 +42,7 @@ class EpochProgress:
         self.console = console
         self.label = label
         self.split = "val"
+        self._epochs: object = "?"
         self._progress: Progress | None = None
         self._task: TaskID | None = None
         if console.is_terminal:
@@ -49,7 +50,7 @@ class EpochProgress:
                 SpinnerColumn(),
                 TextColumn("{task.description}"),
                 BarColumn(bar_width=24),
-                TextColumn("epoch {task.completed}/{task.fields[epochs]}"),
+                TextColumn("{task.fields[counter]}"),
                 TextColumn("eta"),
                 TimeRemainingColumn(compact=True),
                 TextColumn("{task.fields[latest]}"),
@@ -61,7 +62,7 @@ class EpochProgress:
         if self._progress is not None:
             self._progress.start()
             self._task = self._progress.add_task(
-                f"{self.label}: loading data", total=None, epochs="?", latest=""
+                f"{self.label}: loading data", total=None, counter="", latest=""
             )
         return self
 
@@ -76,7 +77,11 @@ class EpochProgress:
 
     def __call__(self, event: dict[str, Any]) -> bool:
         kind = event.get("event")
-        if kind == "start":
+        if kind == "decode":
+            self._show_decoding(event)
+        elif kind == "data":
+            self._say(_data_line(event))
+        elif kind == "start":
             self.split = str(event.get("split", self.split))
             epochs = event.get("epochs", "?")
             device = event.get("device", "?")
@@ -87,15 +92,27 @@ class EpochProgress:
             if self._progress is not None and self._task is not None:
                 total = epochs if isinstance(epochs, int) else None
                 self._progress.update(
-                    self._task, description=f"{self.label} ({device})", total=total, epochs=epochs
+                    self._task,
+                    description=f"{self.label} ({device})",
+                    total=total,
+                    completed=0,
+                    counter=f"epoch 0/{epochs}",
+                    latest="",
                 )
+                self._epochs = epochs
                 self._progress.console.print(what, highlight=False)
             else:
                 self.console.print(what, highlight=False)
         elif kind == "epoch":
             latest = _fmt_metric(event, self.split)
             if self._progress is not None and self._task is not None:
-                self._progress.update(self._task, completed=event.get("epoch", 0), latest=latest)
+                epoch = event.get("epoch", 0)
+                self._progress.update(
+                    self._task,
+                    completed=epoch,
+                    counter=f"epoch {epoch}/{self._epochs}",
+                    latest=latest,
+                )
             else:
                 seconds = event.get("seconds")
                 took = f"  {seconds:.1f} s" if isinstance(seconds, (int, float)) else ""
@@ -104,3 +121,45 @@ class EpochProgress:
                     highlight=False,
                 )
         return True
+
+    def _say(self, line: str) -> None:
+        console = self._progress.console if self._progress is not None else self.console
+        console.print(line, highlight=False)
+
+    def _show_decoding(self, event: dict[str, Any]) -> None:
+        """An image folder being decoded into its cache: files done, of how many, and the ETA."""
+        done, total, seconds = event.get("done"), event.get("total"), event.get("seconds")
+        if not (isinstance(done, int) and isinstance(total, int) and done > 0):
+            return
+        if self._progress is not None and self._task is not None:
+            self._progress.update(
+                self._task,
+                description=f"{self.label}: decoding images",
+                total=total,
+                completed=done,
+                counter=f"{done:,}/{total:,} files",
+            )
+            return
+        eta = ""
+        if isinstance(seconds, (int, float)) and done < total:
+            eta = f", about {seconds / done * (total - done):.0f} s left"
+        self._say(f"decoding images: {done:,}/{total:,} files{eta}")
+
+
+def _data_line(event: dict[str, Any]) -> str:
+    """``images: 50,000 decoded (cache hit), 2.46 GB, streamed from ... (budget 1.2 GB)``."""
+    from .folder_memory import human_bytes
+
+    size = event.get("decoded_bytes")
+    budget = event.get("memory_budget")
+    sizes = (
+        f", {human_bytes(size)} against a memory budget of {human_bytes(budget)}"
+        if isinstance(size, int) and isinstance(budget, int)
+        else ""
+    )
+    how = "streamed from the cache" if event.get("stream") else "held in memory"
+    cache = {"hit": "cache hit", "new": "decoded now", "changed": "folder changed: decoded again"}
+    status = cache.get(str(event.get("cache")), "cache rebuilt")
+    images = event.get("images")
+    count = f"{images:,}" if isinstance(images, int) else "?"
+    return f"images: {count} ({status}){sizes}; {how} (cache: {event.get('cache_dir', '?')})"

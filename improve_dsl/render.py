@@ -199,6 +199,9 @@ _CONSTANT_NAMES = {
     ("eval", "batch_size"): "EVAL_BATCH_SIZE",
 }
 
+# Source constants the script reads even when the spec leaves them unset (None).
+_ALWAYS_DEFINED = frozenset({"DATA_ROOT", "MEMORY_BUDGET", "CACHE"})
+
 # "Why" comments where the registry's "what" is not enough.
 _WHY = {
     "VALIDATION_SEED": "independent of SEED: a new training seed never moves images between splits",
@@ -208,6 +211,8 @@ _WHY = {
     "EMA_DECAY": "per step, warmed up so short runs are not dominated by the initial weights",
     "PRECISION": "auto: bf16 autocast on CUDA, fp32 on CPU; bf16 also on CPUs with native bf16",
     "COMPILE": "torch.compile the model (pays off on CUDA for runs longer than a minute)",
+    "MEMORY_BUDGET": "GiB of decoded images kept in memory, else streamed (None: half of free)",
+    "CACHE": "folder of the decode cache (None: the user's, ~/.cache/improve/folders)",
 }
 
 # Helper fragments (templates/augment/_*.py.jinja) an op's fragment calls.
@@ -230,11 +235,16 @@ _IMPORTS = (
     Import("argparse"),
     Import("copy"),
     Import("gzip"),
+    Import("hashlib"),
     Import("json"),
     Import("math"),
     Import("os"),
     Import("pickle"),
+    Import("queue"),
+    Import("shutil"),
     Import("sys"),
+    Import("tempfile"),
+    Import("threading"),
     Import("time"),
     Import("traceback"),
     Import("collections.abc", ("Callable", "Iterator")),
@@ -303,7 +313,7 @@ def _constants(spec: Spec) -> tuple[ConstantGroup, ...]:
                 *(
                     c
                     for c in _op_constants("source", spec.data.source)
-                    if c.value is not None or c.name == "DATA_ROOT"
+                    if c.value is not None or c.name in _ALWAYS_DEFINED
                 ),
                 *_op_constants("validation", spec.data.validation),
                 _field_constant("data", "batch_size", spec.data.batch_size),

@@ -352,8 +352,9 @@ def test_image_folder_trains_on_mixed_images(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr
     assert "skipping" in proc.stderr and "broken.png" in proc.stderr
     events = [json.loads(line) for line in proc.stdout.splitlines()]
+    start = next(e for e in events if e["event"] == "start")
     # 45 images: 9 held out as the test split, then 20% of the other 36 for validation.
-    assert events[0]["train_size"] == 29 and events[0]["eval_size"] == 7
+    assert start["train_size"] == 29 and start["eval_size"] == 7
     assert events[-1]["status"] == "ok" and events[-1]["val_accuracy"] > 0.5
     saved = torch.load(tmp_path / "out" / "model.pt", weights_only=True)
     assert saved["class_names"] == ["cat", "dog", "emu"] and saved["input_size"] == [3, 16, 16]
@@ -367,8 +368,8 @@ def test_image_folder_with_train_and_test_folders(
     source = f'image_folder(root = "{tmp_path / "data"}", image_size = 12, channels = 1)'
     result = run(tmp_path, capsys, "--split", "test", source=source, batch_size="8", epochs="1")
     assert result.ok, result.result
-    assert result.events[0]["eval_size"] == 12  # every readable image of test/
-    assert result.events[0]["train_size"] == 24
+    assert result.start["eval_size"] == 12  # every readable image of test/
+    assert result.start["train_size"] == 24
 
 
 def test_image_folder_missing(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

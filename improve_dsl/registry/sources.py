@@ -174,6 +174,24 @@ SOURCES = (
                 maximum=0.5,
             ),
             _SUBSET,
+            _p(
+                "memory_budget",
+                "float",
+                None,
+                "GiB of decoded images a run may hold in memory; past it, batches stream from "
+                "the decode cache (default: half the memory available, and of a GPU's free "
+                "memory)",
+                minimum=0.0,
+                optional=True,
+            ),
+            _p(
+                "cache",
+                "str",
+                None,
+                "folder of the decode cache (default: $XDG_CACHE_HOME/improve/folders, "
+                "else ~/.cache/improve/folders)",
+                optional=True,
+            ),
         ),
     ),
 )

@@ -22,10 +22,15 @@ Warnings go to standard error.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import math
 import os
+import queue
+import shutil
 import sys
+import tempfile
+import threading
 import time
 import traceback
 from collections.abc import Callable, Iterator
@@ -54,6 +59,9 @@ DATA_ROOT = "data/my_images"  # the dataset folder
 IMAGE_SIZE = 32  # images are resized to this square size
 CHANNELS = 3  # 1 for grayscale, 3 for RGB
 TEST_FRACTION = 0.2  # held-out test share when there is no test/ folder
+# GiB of decoded images kept in memory, else streamed (None: half the free memory)
+MEMORY_BUDGET = None
+CACHE = None  # folder of the decode cache (None: the user's, ~/.cache/improve/folders)
 VALIDATION_FRACTION = 0.2  # share of the training images held out
 VALIDATION_SEED = 0  # independent of SEED: a new training seed never moves images between splits
 BATCH_SIZE = 64  # training batch size
@@ -224,7 +232,9 @@ IMAGE_EXTENSIONS = (
     ".ppm",
     ".pgm",
 )
-WORKERS = min(8, os.cpu_count() or 1)  # DataLoader processes decoding images
+WORKERS = min(8, os.cpu_count() or 1)  # processes decoding images into the cache
+CACHE_FORMAT = 1  # raised when the cache's layout changes, so that older caches are rebuilt
+PREFETCH = 4  # batches read ahead of training when they stream from the cache
 
 
 def decode_image(path: str) -> Tensor | None:
@@ -266,12 +276,325 @@ class FolderImages(torch.utils.data.Dataset[tuple[Tensor, int]]):
         return image, self.labels[index]
 
 
+# The decode cache: a folder's images are decoded once, resized to IMAGE_SIZE, and kept as
+# images.npy (uint8 [N, CHANNELS, IMAGE_SIZE, IMAGE_SIZE]), labels.npy (int64; -1 for a file
+# that would not decode) and manifest.json. Later runs, and every refinement candidate, reopen
+# it in well under a second. The manifest's key covers each file's path, size and modification
+# time, so a changed, added or removed file means decoding again.
+
+
+def available_memory() -> int:
+    """Bytes of memory available now: MemAvailable on Linux, else half the physical memory."""
+    try:
+        with open("/proc/meminfo") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2
+    except (AttributeError, OSError, ValueError):
+        return 8 * 2**30
+
+
+def memory_budget(device: torch.device) -> int:
+    """Bytes of decoded images a run may hold in memory: MEMORY_BUDGET GiB when the spec sets
+    it, else half the memory available now (and at most half the GPU's free memory)."""
+    if MEMORY_BUDGET is not None:
+        return int(MEMORY_BUDGET * 2**30)
+    budget = available_memory() // 2
+    if device.type == "cuda":
+        budget = min(budget, torch.cuda.mem_get_info(device)[0] // 2)
+    return budget
+
+
+class ImageCache:
+    """A folder's decoded images, read by positioned reads of images.npy.
+
+    Rows are read with pread rather than through a memory map: mapped pages count towards the
+    process's resident memory, which would then grow to the whole file while streaming.
+    """
+
+    def __init__(self, entry: Path, labels: np.ndarray, offset: int, status: str) -> None:
+        self.entry = entry
+        self.labels = labels  # per row; -1 where the file would not decode
+        self.offset = offset  # where the pixels start in images.npy, after its header
+        self.status = status  # how it was opened: hit, new, changed or rebuilt
+        self.row_bytes = CHANNELS * IMAGE_SIZE * IMAGE_SIZE
+        self.file = open(entry / "images.npy", "rb")  # noqa: SIM115 (open for the whole run)
+        self.lock = threading.Lock()  # where there is no pread, reads seek the shared file
+        self.stream: bool | None = None  # decided by the first move to a device
+
+    @property
+    def decoded_bytes(self) -> int:
+        """Bytes the decodable images take as uint8."""
+        return int((self.labels >= 0).sum()) * self.row_bytes
+
+    def streams(self, device: torch.device) -> bool:
+        """Whether batches stream from the cache file rather than being held in memory:
+        decided once, by the decoded size against the memory budget, and reported."""
+        if self.stream is None:
+            budget = memory_budget(device)
+            self.stream = self.decoded_bytes > budget
+            emit(
+                {
+                    "event": "data",
+                    "cache": self.status,
+                    "images": int((self.labels >= 0).sum()),
+                    "decoded_bytes": self.decoded_bytes,
+                    "memory_budget": budget,
+                    "stream": self.stream,
+                    "cache_dir": str(self.entry),
+                }
+            )
+        return self.stream
+
+    def read(self, rows: Tensor, out: Tensor | None = None) -> Tensor:
+        """The images at these rows, in this order, as uint8 [len(rows), C, H, W]."""
+        if out is None:
+            out = torch.empty((len(rows), CHANNELS, IMAGE_SIZE, IMAGE_SIZE), dtype=torch.uint8)
+        wanted = rows.tolist()
+        if not wanted:
+            return out
+        view = out.numpy().data.cast("B")
+        start = 0
+        while start < len(wanted):
+            # One read per run of consecutive rows: evaluation reads whole batches at once.
+            end = start + 1
+            while end < len(wanted) and wanted[end] == wanted[end - 1] + 1:
+                end += 1
+            self.read_exactly(
+                view[start * self.row_bytes : end * self.row_bytes],
+                self.offset + wanted[start] * self.row_bytes,
+            )
+            start = end
+        return out
+
+    def read_exactly(self, view: memoryview, offset: int) -> None:
+        while len(view):
+            if hasattr(os, "preadv"):
+                got = os.preadv(self.file.fileno(), [view], offset)
+            else:
+                with self.lock:
+                    self.file.seek(offset)
+                    got = self.file.readinto(view)
+            if got <= 0:
+                raise RunFailed(
+                    "data_missing",
+                    f"the image cache {self.entry} was cut short "
+                    "while in use; run again to rebuild it",
+                )
+            view, offset = view[got:], offset + got
+
+    def batches(
+        self, rows: Tensor, labels: Tensor, order: Tensor, batch_size: int, device: torch.device
+    ) -> Iterator[tuple[Tensor, Tensor]]:
+        """(uint8 images, labels) on the device, read PREFETCH batches ahead by a thread."""
+        row_chunks = rows[order.cpu()].split(batch_size)
+        ready: queue.Queue[Tensor | BaseException] = queue.Queue(PREFETCH)
+        stop = threading.Event()
+
+        def produce() -> None:
+            try:
+                for chunk in row_chunks:
+                    if stop.is_set():
+                        return
+                    buffer = torch.empty(
+                        (len(chunk), CHANNELS, IMAGE_SIZE, IMAGE_SIZE),
+                        dtype=torch.uint8,
+                        pin_memory=device.type == "cuda",
+                    )
+                    ready.put(self.read(chunk, buffer))
+            except BaseException as exc:  # raised again in the training thread
+                ready.put(exc)
+
+        thread = threading.Thread(target=produce, name="prefetch", daemon=True)
+        thread.start()
+        try:
+            for index in order.split(batch_size):
+                images = ready.get()
+                if isinstance(images, BaseException):
+                    raise images
+                yield images.to(device, non_blocking=True), labels[index]
+        finally:
+            stop.set()
+            while thread.is_alive():  # a reader blocked on a full queue needs room to finish
+                try:
+                    ready.get(timeout=0.05)
+                except queue.Empty:
+                    pass
+
+
+def cache_folders() -> list[Path]:
+    """Where caches may live, in order: the spec's cache folder alone when it sets one, else
+    $XDG_CACHE_HOME/improve/folders (default ~/.cache/improve/folders), then the temp folder."""
+    if CACHE is not None:
+        return [Path(CACHE).expanduser()]
+    folders = []
+    try:
+        base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+        folders.append(Path(base) / "improve" / "folders")
+    except RuntimeError:  # no home folder can be determined
+        pass
+    return [*folders, Path(tempfile.gettempdir()) / "improve-folders"]
+
+
+def cache_entry(folder: Path) -> Path:
+    """This folder's cache at this image size and channels (made if need be), by name."""
+    resolved = str(folder.resolve())
+    digest = hashlib.sha256(f"{resolved}\0{IMAGE_SIZE}\0{CHANNELS}".encode(errors="replace"))
+    label = "".join(c if c.isascii() and (c.isalnum() or c in "-_") else "_" for c in folder.name)
+    name = f"{label[:40]}-{IMAGE_SIZE}px-{CHANNELS}ch-{digest.hexdigest()[:12]}"
+    tried = []
+    for base in cache_folders():
+        try:
+            base.mkdir(mode=0o700, parents=True, exist_ok=True)
+            if os.access(base, os.W_OK):
+                return base / name
+            tried.append(f"{base} (not writable)")
+        except OSError as exc:
+            tried.append(f"{base} ({exc.strerror or exc})")
+    raise RunFailed(
+        "data_missing",
+        f"cannot write the image cache in {', '.join(tried)}; "
+        'set cache = "a/writable/folder" in the image_folder source',
+    )
+
+
+def contents_key(folder: Path, files: list[Path], labels: list[int], names: list[str]) -> str:
+    """sha256 of what the decoded images depend on: each file's path, size, modification time
+    and class, the class names, the image size and the channels."""
+    digest = hashlib.sha256(json.dumps([CACHE_FORMAT, IMAGE_SIZE, CHANNELS, names]).encode())
+    for path, label in zip(files, labels, strict=True):
+        stat = path.stat()
+        relative = os.fsencode(path.relative_to(folder))
+        digest.update(b"%s\0%d\0%d\0%d\n" % (relative, stat.st_size, stat.st_mtime_ns, label))
+    return digest.hexdigest()
+
+
+def open_cache(entry: Path, key: str, count: int) -> ImageCache | str:
+    """The cache at `entry` when it is complete and was made from these files; otherwise why
+    not: new, changed (the folder's contents) or rebuilt (a broken or half-written cache)."""
+    if not (entry / "manifest.json").exists():
+        return "new"
+    try:
+        manifest = json.loads((entry / "manifest.json").read_text())
+        if manifest.get("key") != key:
+            return "changed"
+        labels = np.load(entry / "labels.npy")
+        # Opening the map checks the header and that the file is long enough; nothing is read.
+        images = np.load(entry / "images.npy", mmap_mode="r")
+        complete = (entry / "images.npy").stat().st_size == images.offset + images.nbytes
+        shape = (count, CHANNELS, IMAGE_SIZE, IMAGE_SIZE)
+        if images.shape != shape or images.dtype != np.uint8 or labels.shape != (count,):
+            complete = False
+        if not complete:
+            warn(f"the image cache {entry} is incomplete; decoding the folder again")
+            return "rebuilt"
+        return ImageCache(entry, labels.astype(np.int64), int(images.offset), "hit")
+    except (OSError, ValueError, EOFError, AttributeError) as exc:
+        warn(f"the image cache {entry} is unreadable ({exc}); decoding the folder again")
+        return "rebuilt"
+
+
+def decode_into(temp: Path, files: list[Path], labels: list[int]) -> np.ndarray:
+    """Decode every file (by worker processes) into temp/images.npy; the labels, -1 where a
+    file would not decode. Reports progress as "decode" events about once a second."""
+    decoded = np.full(len(files), -1, dtype=np.int64)
+    loader = torch.utils.data.DataLoader(
+        FolderImages([str(path) for path in files], labels), batch_size=64, num_workers=WORKERS
+    )
+    started = last = time.perf_counter()
+    done = 0
+    with open(temp / "images.npy", "wb") as out:
+        header = {
+            "descr": "|u1",
+            "fortran_order": False,
+            "shape": (len(files), CHANNELS, IMAGE_SIZE, IMAGE_SIZE),
+        }
+        np.lib.format.write_array_header_1_0(out, header)
+        for images, batch_labels in loader:
+            out.write(images.numpy().tobytes())
+            decoded[done : done + len(batch_labels)] = batch_labels.numpy()
+            done += len(batch_labels)
+            now = time.perf_counter()
+            if now - last >= 1.0 or done == len(files):
+                emit(
+                    {"event": "decode", "done": done, "total": len(files), "seconds": now - started}
+                )
+                last = now
+        out.flush()
+        os.fsync(out.fileno())
+    return decoded
+
+
+def build_cache(entry: Path, key: str, files: list[Path], labels: list[int], why: str) -> None:
+    """Decode the folder into a temporary folder beside `entry`, then rename it into place:
+    a cache is either complete or absent, even when a run is killed while decoding."""
+    temp = entry.with_name(f"{entry.name}.tmp-{os.getpid()}")
+    stale = entry.with_name(f"{entry.name}.stale-{os.getpid()}")
+    shutil.rmtree(temp, ignore_errors=True)
+    temp.mkdir()
+    try:
+        started = time.perf_counter()
+        decoded = decode_into(temp, files, labels)
+        np.save(temp / "labels.npy", decoded)
+        manifest = {
+            "format": CACHE_FORMAT,
+            "key": key,
+            "files": len(files),
+            "decoded": int((decoded >= 0).sum()),
+            "image_size": IMAGE_SIZE,
+            "channels": CHANNELS,
+            "why": why,
+            "seconds": time.perf_counter() - started,
+        }
+        (temp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+        if entry.exists():
+            entry.rename(stale)
+        temp.rename(entry)
+    finally:
+        shutil.rmtree(temp, ignore_errors=True)
+        shutil.rmtree(stale, ignore_errors=True)
+
+
+def decoded_images(
+    folder: Path, files: list[Path], labels: list[int], names: list[str]
+) -> ImageCache:
+    """The folder's images decoded once: from the cache when it matches, else decoded into it.
+    A lock lets parallel runs of the same folder decode it once between them."""
+    entry = cache_entry(folder)
+    key = contents_key(folder, files, labels, names)
+    cache = open_cache(entry, key, len(files))
+    if isinstance(cache, ImageCache):
+        return cache
+    with open(entry.with_name(f"{entry.name}.lock"), "w") as lock:
+        if sys.platform != "win32":
+            import fcntl
+
+            fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        again = open_cache(entry, key, len(files))  # another run may have built it meanwhile
+        if isinstance(again, ImageCache):
+            return again
+        build_cache(entry, key, files, labels, cache)
+    built = open_cache(entry, key, len(files))
+    if not isinstance(built, ImageCache):
+        raise RunFailed("error", f"the image cache {entry} could not be read back after writing")
+    built.status = cache
+    return built
+
+
 @dataclass(frozen=True)
 class Split:
-    """Image files and labels, decoded batch by batch by a DataLoader with worker processes."""
+    """Some rows of a folder's decode cache, with their labels. Moved to a device, the images
+    are read into memory when the folder's decoded images fit the memory budget; otherwise
+    batches stream from the cache file."""
 
-    files: list[str]
+    cache: ImageCache | None  # None for a folder without images
+    rows: Tensor  # rows of the cache, on the CPU
     labels: Tensor
+    images: Tensor | None = None  # uint8 [N, C, H, W] when held in memory
     device: torch.device = torch.device("cpu")
 
     def __len__(self) -> int:
@@ -282,50 +605,39 @@ class Split:
         return CHANNELS, IMAGE_SIZE, IMAGE_SIZE
 
     def take(self, index: Tensor) -> Split:
-        return Split([self.files[i] for i in index.tolist()], self.labels[index], self.device)
+        images = None if self.images is None else self.images[index.to(self.images.device)]
+        labels = self.labels[index.to(self.labels.device)]
+        return Split(self.cache, self.rows[index.cpu()], labels, images, self.device)
 
     def to(self, device: torch.device) -> Split:
-        return Split(self.files, self.labels, device)
+        images = self.images
+        if images is None and self.cache is not None and not self.cache.streams(device):
+            images = self.cache.read(self.rows)
+        if images is not None:
+            images = images.to(device)
+        return Split(self.cache, self.rows, self.labels.to(device), images, device)
 
     def pixels(self, count: int) -> Tensor:
-        """Up to `count` (at most 512: decoding is slow) images spread evenly over the split."""
-        index = torch.linspace(0, len(self) - 1, min(count, 512, len(self))).long().tolist()
-        images = [decode_image(self.files[i]) for i in index]
-        return torch.stack([image for image in images if image is not None])
+        """Up to `count` images spread evenly over the split (for pixel statistics)."""
+        index = torch.linspace(0, len(self) - 1, min(count, len(self))).long()
+        if self.images is not None:
+            return self.images[index.to(self.images.device)]
+        assert self.cache is not None  # a split without a cache holds its (no) images
+        return self.cache.read(self.rows[index])
 
     def batches(self, order: Tensor, batch_size: int) -> Iterator[tuple[Tensor, Tensor]]:
-        """(uint8 images, labels) on the device, decoded by workers into pinned memory."""
-        loader = torch.utils.data.DataLoader(
-            FolderImages(self.files, self.labels.tolist()),
-            batch_sampler=[chunk.tolist() for chunk in order.cpu().split(batch_size)],
-            num_workers=WORKERS,
-            pin_memory=self.device.type == "cuda",
-        )
-        for images, labels in loader:
-            keep = labels >= 0  # drop the files that failed to decode
-            if not bool(keep.all()):
-                images, labels = images[keep], labels[keep]
-            if len(labels):
-                yield (
-                    images.to(self.device, non_blocking=True),
-                    labels.to(self.device, non_blocking=True),
-                )
-
-
-def readable(path: Path) -> bool:
-    """Whether Pillow recognises the file's header (cheap: no pixels are decoded)."""
-    from PIL import Image
-
-    try:
-        with Image.open(path):
-            return True
-    except (OSError, ValueError, Image.DecompressionBombError) as exc:
-        warn(f"skipping {path}: {exc}")
-        return False
+        """(uint8 images, labels) on the device, in the given order."""
+        if self.images is not None:
+            for start in range(0, len(order), batch_size):
+                index = order[start : start + batch_size]
+                yield self.images[index], self.labels[index]
+            return
+        assert self.cache is not None  # a split without a cache holds its (no) images
+        yield from self.cache.batches(self.rows, self.labels, order, batch_size, self.device)
 
 
 def scan_classes(folder: Path, names: list[str] | None = None) -> tuple[Split, list[str]]:
-    """The images under folder/<class>/ (any depth, sorted) and the class names."""
+    """The decodable images under folder/<class>/ (any depth, sorted) and the class names."""
     if names is None:
         names = sorted(
             d.name for d in folder.iterdir() if d.is_dir() and not d.name.startswith(".")
@@ -333,10 +645,16 @@ def scan_classes(folder: Path, names: list[str] | None = None) -> tuple[Split, l
     files, labels = [], []
     for label, name in enumerate(names):
         for path in sorted((folder / name).rglob("*")):
-            if path.suffix.lower() in IMAGE_EXTENSIONS and path.is_file() and readable(path):
-                files.append(str(path))
+            if path.suffix.lower() in IMAGE_EXTENSIONS and path.is_file():
+                files.append(path)
                 labels.append(label)
-    return Split(files, torch.tensor(labels, dtype=torch.long)), names
+    if not files:
+        none = torch.zeros(0, dtype=torch.long)
+        images = torch.zeros((0, CHANNELS, IMAGE_SIZE, IMAGE_SIZE), dtype=torch.uint8)
+        return Split(None, none, none, images), names
+    cache = decoded_images(folder, files, labels, names)
+    rows = torch.from_numpy(np.flatnonzero(cache.labels >= 0))
+    return Split(cache, rows, torch.from_numpy(cache.labels)[rows]), names
 
 
 def load_source(root: str | None) -> tuple[Split, Split, list[str]]:
