@@ -72,8 +72,12 @@ def test_folder_spec_checks_formats_and_describes_the_data(
     data = make_folder(tmp_path / 'my "pets" photos')
     out = tmp_path / "spec.imp"
     assert init(data, out) == 0
-    assert f"wrote {out}" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert f"wrote {out}" in printed
+    # The folder's size on disk and decoded (24 readable files at 3x32x32), and where it goes.
+    assert " in 24 files, 73.7 kB decoded; they will be held in memory (budget " in printed
     text = out.read_text()
+    assert "# storage: " in text
     assert format_text(text, str(out)) == text  # improve fmt --check passes
     spec = load(out)  # improve check passes
     source = spec.data.source

@@ -205,6 +205,11 @@ def cmd_init(args: argparse.Namespace) -> int:
         text = write_spec(args.data, Path(args.output), force=args.force)
     except InitError as exc:
         raise UsageError(str(exc)) from None
-    name = next(line for line in text.splitlines() if line.startswith("pipeline "))
+    lines = text.splitlines()
+    name = next(line for line in lines if line.startswith("pipeline "))
+    # An image folder: its size on disk and decoded, and whether runs will stream it.
+    for line in lines:
+        if line.startswith("# storage: "):
+            print(line.removeprefix("# "))
     print(f"wrote {args.output} ({name.removesuffix(' {')}); next: improve run {args.output}")
     return EXIT_OK

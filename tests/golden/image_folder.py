@@ -16,6 +16,8 @@ Flags: --split val|test, --device auto|cpu|cuda[:N], --seed N, --out DIR, --batc
 
 Standard output carries one JSON object per line and nothing else: a "start" event, an
 "epoch" event per epoch, and a final "result" event (exit code 1 when the run failed).
+Before them, "decode" events while the image folder is decoded into its cache, and a "data"
+event saying whether its images are held in memory or streamed from the cache.
 Warnings go to standard error.
 """
 
@@ -59,8 +61,7 @@ DATA_ROOT = "data/my_images"  # the dataset folder
 IMAGE_SIZE = 32  # images are resized to this square size
 CHANNELS = 3  # 1 for grayscale, 3 for RGB
 TEST_FRACTION = 0.2  # held-out test share when there is no test/ folder
-# GiB of decoded images kept in memory, else streamed (None: half the free memory)
-MEMORY_BUDGET = None
+MEMORY_BUDGET = None  # GiB of decoded images kept in memory, else streamed (None: half of free)
 CACHE = None  # folder of the decode cache (None: the user's, ~/.cache/improve/folders)
 VALIDATION_FRACTION = 0.2  # share of the training images held out
 VALIDATION_SEED = 0  # independent of SEED: a new training seed never moves images between splits
@@ -503,7 +504,11 @@ def decode_into(temp: Path, files: list[Path], labels: list[int]) -> np.ndarray:
     file would not decode. Reports progress as "decode" events about once a second."""
     decoded = np.full(len(files), -1, dtype=np.int64)
     loader = torch.utils.data.DataLoader(
-        FolderImages([str(path) for path in files], labels), batch_size=64, num_workers=WORKERS
+        FolderImages([str(path) for path in files], labels),
+        batch_size=64,
+        # Starting worker processes takes longer than decoding a few hundred small files.
+        num_workers=WORKERS if len(files) >= 1000 else 0,
+        generator=torch.Generator(),  # its seed draw must not move the training's random state
     )
     started = last = time.perf_counter()
     done = 0
@@ -532,8 +537,8 @@ def decode_into(temp: Path, files: list[Path], labels: list[int]) -> np.ndarray:
 def build_cache(entry: Path, key: str, files: list[Path], labels: list[int], why: str) -> None:
     """Decode the folder into a temporary folder beside `entry`, then rename it into place:
     a cache is either complete or absent, even when a run is killed while decoding."""
-    temp = entry.with_name(f"{entry.name}.tmp-{os.getpid()}")
-    stale = entry.with_name(f"{entry.name}.stale-{os.getpid()}")
+    temp = entry.with_name(f".{entry.name}.tmp-{os.getpid()}")
+    stale = entry.with_name(f".{entry.name}.stale-{os.getpid()}")
     shutil.rmtree(temp, ignore_errors=True)
     temp.mkdir()
     try:
@@ -569,7 +574,7 @@ def decoded_images(
     cache = open_cache(entry, key, len(files))
     if isinstance(cache, ImageCache):
         return cache
-    with open(entry.with_name(f"{entry.name}.lock"), "w") as lock:
+    with open(entry.with_name(f".{entry.name}.lock"), "w") as lock:
         if sys.platform != "win32":
             import fcntl
 
