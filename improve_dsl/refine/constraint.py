@@ -20,6 +20,7 @@ text; a server that refuses one with a 400 naming its parameter steps down one r
 from __future__ import annotations
 
 import json
+import os
 import re
 import urllib.error
 import urllib.request
@@ -112,8 +113,6 @@ def is_openai_url(base_url: str | None) -> bool:
 def grammar_choice(value: str | None) -> str:
     """The choice from ``--grammar`` or else ``$IMPROVE_GRAMMAR`` (default ``auto``);
     ConstraintError for a value that is neither a choice nor a wire mode."""
-    import os
-
     chosen = (value or os.environ.get(GRAMMAR_ENV) or "auto").strip().lower()
     if chosen not in GRAMMAR_CHOICES and chosen not in MODES:
         source = "--grammar" if value else f"${GRAMMAR_ENV}"

@@ -179,16 +179,17 @@ class OpenAIExpert:
         modes; ExpertError for a choice this server cannot take."""
         if self.server is None:
             if self.choice in _PROBED_CHOICES:
-                self.server = probe(self.base_url, self.api_key)
+                server = probe(self.base_url, self.api_key)
             else:
-                self.server = Server("openai" if is_openai_url(self.base_url) else "unknown")
+                server = Server("openai" if is_openai_url(self.base_url) else "unknown")
             try:
-                self._modes = ladder(self.choice, self.server, self.model, self.api)
+                self._modes = ladder(self.choice, server, self.model, self.api)
             except ConstraintError as exc:
                 raise ExpertError(f"{self.name}: {exc}") from None
+            self.server = server
             if self.choice in _PROBED_CHOICES:
                 self.notify(
-                    f"{self.name}: {self.server.describe()}; replies held to "
+                    f"{self.name}: {server.describe()}; replies held to "
                     f"{MODE_LABELS[self._modes[0]]}"
                 )
         return self._modes
@@ -199,9 +200,11 @@ class OpenAIExpert:
         return self.detect()[0]
 
     def _api(self) -> Api:
+        """Responses on OpenAI's own API (its recommended one), Chat Completions elsewhere:
+        every OpenAI-compatible server and proxy has it."""
         if self.api is not None:
             return self.api
-        return "responses" if self.server is not None and self.server.kind == "openai" else "chat"
+        return "responses" if is_openai_url(self.base_url) else "chat"
 
     def _step_down(self, modes: list[Mode], exc: RefusedError) -> str:
         """Drop a refused mode for good; the note said on the console and journalled."""
