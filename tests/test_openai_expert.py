@@ -386,6 +386,22 @@ def test_a_refused_constraint_steps_down_once_and_stays_down(server: OpenAIServe
     assert first.text == NEW_TRAIN
 
 
+def test_a_proxy_without_the_responses_api_gets_the_chat_shape_of_the_tool() -> None:
+    with OpenAIServer("openai") as server:  # lists models owned_by "system", as OpenAI does
+        server.push(
+            Reply(error_body("Not Found", "not_found"), status=404),
+            Reply(chat_completion(tool_input=NEW_TRAIN)),
+        )
+        expert = make_expert(server, "gpt-5-mini", grammar_mode="auto")
+        assert expert.grammar_mode == "responses-lark"
+        proposal = expert.propose(make_context())
+    posts = [r for r in server.requests if r.body is not None]
+    assert [r.path for r in posts] == ["/v1/responses", "/v1/chat/completions"]
+    assert posts[1].body["tools"][0]["custom"]["format"]["grammar"]["syntax"] == "lark"
+    assert (proposal.grammar, proposal.text) == ("chat-lark", NEW_TRAIN)
+    assert "the server refused responses-lark (HTTP 404" in proposal.grammar_note
+
+
 def test_a_400_that_names_another_field_is_not_a_step_down(server: OpenAIServer) -> None:
     server.push(Reply(error_body("'messages' must not be empty", "invalid_request_error"), 400))
     with pytest.raises(ExpertError, match=r"refused the request \(HTTP 400\)"):

@@ -142,3 +142,16 @@ def test_the_grammar_option_overrides_detection(tmp_path: Path) -> None:
     assert code == 0
     _check_every_request_was_constrained(server, "response_format", "json-schema")
     assert [r["grammar"] for r in records if r["iteration"] > 0] == ["json-schema"]
+
+
+def test_a_grammar_the_server_cannot_take_is_refused_before_any_run(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test")  # OpenAI's address: known without a probe
+    monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
+    spec = tmp_path / "tiny.imp"
+    spec.write_text(TINY)
+    argv = ["refine", str(spec), "--expert", "openai:gpt-5-mini", "--grammar", "gbnf"]
+    assert cli.main(argv) == 2
+    assert "OpenAI takes no GBNF grammar; use --grammar lark or auto" in capsys.readouterr().err
+    assert not (tmp_path / "tiny.improve").exists()
