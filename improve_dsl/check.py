@@ -12,11 +12,12 @@ import re
 import sys
 import types
 from dataclasses import dataclass
+from pathlib import Path
 
 from .diagnostics import Diagnostic, DiagnosticError, Span
 from .ir import Spec
-from .profile import ProfileError, input_shape
-from .syntax import SpecAST
+from .profile import ProfileError, input_shape, missing_folder
+from .syntax import Call, SpecAST, String
 
 _MODULE_NAME = "improve_checked_script"
 
@@ -59,6 +60,7 @@ def check_model(spec: Spec, ast: SpecAST, script: str) -> ModelReport:
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
+    check_data_folder(spec, ast)
     try:
         channels, height, width, num_classes = input_shape(spec.data.source)
     except ProfileError as exc:
@@ -99,6 +101,34 @@ def check_model(spec: Spec, ast: SpecAST, script: str) -> ModelReport:
         if not isinstance(p, torch.nn.parameter.UninitializedParameter)
     )
     return ModelReport(params, int(counter.get_total_flops()), (channels, height, width))
+
+
+def check_data_folder(spec: Spec, ast: SpecAST) -> None:
+    """An image folder that does not exist, as a diagnostic on the data block's ``source``
+    (cheap: no torch, no image opened; plain ``improve check`` runs it)."""
+    source = spec.data.source
+    root = source.params.get("root")
+    if source.name != "image_folder" or not isinstance(root, str) or Path(root).is_dir():
+        return
+    written = next(
+        (
+            arg.value
+            for block in ast.blocks
+            if block.kind == "data"
+            for fld in block.fields
+            if fld.name == "source" and isinstance(fld.value, Call)
+            for arg in fld.value.args
+            if arg.keyword == "root" and isinstance(arg.value, String)
+        ),
+        None,
+    )
+    hint = None
+    if written is not None and not Path(written.value).is_absolute():
+        hint = (
+            f'root = "{written.value}" is read from the spec\'s folder '
+            f"({Path(ast.path).parent}); write it relative to that folder, or absolute"
+        )
+    raise _located(ast, "data", "source", missing_folder(Path(root)), hint)
 
 
 def _load_script(script: str) -> types.ModuleType:

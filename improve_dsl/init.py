@@ -282,8 +282,10 @@ def render(choices: Choices, profile: DatasetProfile, data: str, source: Op) -> 
     return "\n".join(lines) + "\n"
 
 
-def spec_text(data: str) -> str:
-    """The starting spec for ``data`` (a built-in dataset name or a folder)."""
+def spec_text(data: str, spec_folder: Path | None = None) -> str:
+    """The starting spec for ``data`` (a built-in dataset name or a folder), to be written
+    into ``spec_folder`` (default: the working folder): a relative folder is written
+    relative to the spec's own folder, where a spec's relative root is read from."""
     source = source_op(data)
     profile = _profile(source)  # also refuses empty and one-class folders
     if source.name == "image_folder":
@@ -294,6 +296,9 @@ def spec_text(data: str) -> str:
             "source", "image_folder", {"root": root, "image_size": size, "channels": channels}
         )
         profile = _profile(source)
+        if spec_folder is not None and not Path(root).is_absolute():
+            written = os.path.relpath(Path(root).resolve(), spec_folder.resolve())
+            source = _op("source", "image_folder", {**source.params, "root": written})
     choices = choose(profile, source, pipeline_name(data))
     return render(choices, profile, data, source)
 
@@ -306,7 +311,7 @@ def write_spec(data: str, output: Path, *, force: bool = False) -> str:
         raise InitError(f"{output} already exists; pass --force to overwrite it")
     if output.is_dir():
         raise InitError(f"{output} is a folder; -o takes the path of the spec file to write")
-    text = spec_text(data)
+    text = spec_text(data, output.parent)
     try:
         load_text(text, str(output))
     except DiagnosticError as exc:  # a defect here, but the user should see what it is

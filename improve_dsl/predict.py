@@ -44,16 +44,44 @@ class LoadedModel:
     std: list[float]
 
 
-def load_run(run_dir: Path) -> LoadedModel:
-    """The model of a finished run, in eval mode on the CPU."""
+def model_dir(run_dir: Path) -> Path:
+    """The folder holding the model to use: ``run_dir`` itself for ``improve run``; for a
+    run of ``improve refine``, the best spec's model (trained once for its test score, else
+    the best attempt's own run)."""
     if not run_dir.is_dir():
         raise PredictError(f"{run_dir} is not a run directory (it does not exist)")
+    if (run_dir / "model.pt").is_file():
+        return run_dir
+    from .journal import JournalError, RunDir
+
+    try:
+        run = RunDir.open(run_dir)
+    except JournalError:
+        raise PredictError(
+            f"{run_dir} has no model.pt (looked for {run_dir / 'model.pt'}): the run did not "
+            "finish, or this is not a run directory of `improve run` or `improve refine`"
+        ) from None
+    accepted = [r.iteration for r in run.records() if r.accepted]
+    folders = [run.path / "test"]
+    if accepted:
+        best = run.candidate_dir(max(accepted))
+        folders += [best, *sorted(p.parent for p in best.glob("*/model.pt"))]
+    for folder in folders:
+        if (folder / "model.pt").is_file():
+            return folder
+    looked = ", ".join(str(folder / "model.pt") for folder in folders)
+    raise PredictError(
+        f"{run_dir} is a refine run without a saved model of its best spec (looked for "
+        f"{looked}); train it with `improve run {run.best_spec} --out DIR` and predict with DIR"
+    )
+
+
+def load_run(run_dir: Path) -> LoadedModel:
+    """The model of a finished run (``improve run`` or ``improve refine``), in eval mode on
+    the CPU."""
+    run_dir = model_dir(run_dir)
     weights = run_dir / "model.pt"
     script = run_dir / "train.py"
-    if not weights.is_file():
-        raise PredictError(
-            f"{run_dir} has no model.pt: the run did not finish, or this is not a run directory"
-        )
     if not script.is_file():
         raise PredictError(f"{run_dir} has no train.py, so the model's architecture is unknown")
     import torch

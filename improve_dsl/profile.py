@@ -207,10 +207,16 @@ def _root(source: Op) -> str:
     return root
 
 
+def missing_folder(root: Path) -> str:
+    """The image folder does not exist: say so, and where a relative one was looked for."""
+    where = "" if root.is_absolute() else f" (looked in {Path.cwd() / root})"
+    return f"the image folder '{root}' does not exist{where}"
+
+
 def _split_folders(root: Path) -> tuple[Path, Path | None]:
     """The training folder and the test folder (None: a share of training is held out)."""
     if not root.exists():
-        raise ProfileError(f"the image folder '{root}' does not exist")
+        raise ProfileError(missing_folder(root))
     if not root.is_dir():
         raise ProfileError(f"'{root}' is a file, not a folder of class sub-folders")
     if (root / "train").is_dir() and (root / "test").is_dir():

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import os
 import re
 from collections.abc import Callable
 from pathlib import Path
@@ -106,6 +107,12 @@ class _Validator:
             return None
         pipeline_block = seen["pipeline"]
         built["pipeline"]["name"] = pipeline_block.label
+        source = built["data"]["source"]
+        root = source.params.get("root")
+        if isinstance(root, str):
+            built["data"]["source"] = Op.of(
+                source.name, {**source.params, "root": resolve_root(root, self.ast.path)}
+            )
         return Spec(
             path=self.ast.path,
             sha256=hashlib.sha256(self.ast.source.encode("utf-8")).hexdigest(),
@@ -424,6 +431,17 @@ def _describe(value: Value) -> str:
     if isinstance(value, Call):
         return f"a call to '{value.name}'"
     return "a list"
+
+
+def resolve_root(root: str, spec_path: str) -> str:
+    """A data folder as the spec means it: a relative ``root`` is read from the spec's own
+    folder (as config languages do), not from wherever improve happens to run. The result
+    stays relative when the spec's path was (``sub/y.imp`` with ``root = "fm3"`` gives
+    ``sub/fm3``); specs without a file (``<spec>``) and absolute roots are left alone."""
+    folder = os.path.dirname(spec_path)
+    if not root or os.path.isabs(root) or spec_path.startswith("<") or not folder:
+        return root
+    return os.path.normpath(os.path.join(folder, root))
 
 
 def validate(ast: SpecAST) -> Spec:

@@ -31,7 +31,9 @@ def add_check(verbs: Verbs) -> None:
 
 def cmd_check(args: argparse.Namespace) -> int:
     """Check specs; print every diagnostic."""
-    from ..validate import load
+    from ..check import check_data_folder
+    from ..syntax import parse, read_spec_text
+    from ..validate import validate
 
     status = EXIT_OK
     for path in args.specs:
@@ -41,7 +43,10 @@ def cmd_check(args: argparse.Namespace) -> int:
 
                 summary = compile_spec(Path(path)).summary()
             else:
-                summary = f"pipeline '{load(path).pipeline.name}'"
+                ast = parse(read_spec_text(Path(path)), path)
+                spec = validate(ast)
+                check_data_folder(spec, ast)
+                summary = f"pipeline '{spec.pipeline.name}'"
         except DiagnosticError as exc:
             print(exc.render(), file=sys.stderr)
             status = EXIT_USAGE

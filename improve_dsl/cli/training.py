@@ -155,7 +155,8 @@ def add_predict(verbs: Verbs) -> None:
     p.add_argument(
         "run_dir",
         metavar="RUN_DIR",
-        help="a directory written by `improve run` or `improve evaluate`",
+        help="a directory written by `improve run`, `improve evaluate` or `improve refine` "
+        "(its best spec's model)",
     )
     p.add_argument("images", nargs="+", metavar="IMAGE", help="image files (PNG, JPEG, ...)")
     p.set_defaults(func=cmd_predict)

@@ -54,3 +54,21 @@ def git_commit(spec_path: Path, message: str) -> str | None:
     if done.returncode != 0:
         return (done.stderr or done.stdout).strip() or "git commit failed"
     return None
+
+
+def uncommitted_change(spec_path: Path) -> str | None:
+    """What of the user's own is uncommitted in the spec (it is untracked, or differs from
+    HEAD, staged or not), or None when it is clean: ``--git`` refuses to start then, since
+    its first "improve: ..." commit would silently take the user's edits along."""
+    cwd, name = spec_path.parent, spec_path.name
+    tracked = subprocess.run(
+        ["git", "ls-files", "--error-unmatch", "--", name], cwd=cwd, capture_output=True
+    )
+    if tracked.returncode != 0:
+        return f"{spec_path} is not committed yet"
+    diff = subprocess.run(["git", "diff", "--quiet", "HEAD", "--", name], cwd=cwd)
+    if diff.returncode == 1:
+        return f"{spec_path} has changes of yours that are not committed"
+    if diff.returncode != 0:
+        return f"{spec_path} has no commit to compare with (the repository has no commits)"
+    return None

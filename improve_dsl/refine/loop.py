@@ -49,7 +49,7 @@ from ..journal import (
 from ..syntax import read_spec_text
 from . import edit
 from .expert import Attempt, Context, Expert, ExpertError, NoMoreMoves, Proposal
-from .gitlog import GitError, git_commit, git_root
+from .gitlog import GitError, git_commit, git_root, uncommitted_change
 from .live import NullReporter, Reporter, RunInfo, Summary
 from .options import (
     RefineError,
@@ -996,6 +996,13 @@ def _start(spec_path: Path | None, options: RefineOptions, reporter: Reporter) -
             git_root(spec_path)
         except GitError as exc:
             raise RefineError(str(exc)) from None
+        problem = uncommitted_change(spec_path)
+        if problem is not None:
+            raise RefineError(
+                f"--git: {problem}; the first 'improve:' commit would take them along. "
+                f"Commit the spec first (git add {spec_path.name} && git commit), or run "
+                "without --git"
+            )
     # The expert first: a missing API key must not leave an empty run behind.
     expert = make_expert(
         options.expert,
