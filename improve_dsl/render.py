@@ -233,6 +233,7 @@ _HELPER_ORDER = ("shift", "affine", "box", "gray", "policy")
 # (see render_script). torch itself is always imported.
 _IMPORTS = (
     Import("argparse"),
+    Import("contextlib"),
     Import("copy"),
     Import("gzip"),
     Import("hashlib"),

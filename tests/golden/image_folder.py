@@ -24,6 +24,7 @@ Warnings go to standard error.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import json
 import math
@@ -57,7 +58,7 @@ METRIC = "balanced_accuracy"  # the score maximised on the validation split
 SEED = 0  # seed of initialisation and data order
 
 # data
-DATA_ROOT = "data/my_images"  # the dataset folder
+DATA_ROOT = "specs/data/my_images"  # the dataset folder
 IMAGE_SIZE = 32  # images are resized to this square size
 CHANNELS = 3  # 1 for grayscale, 3 for RGB
 TEST_FRACTION = 0.2  # held-out test share when there is no test/ folder
@@ -421,10 +422,8 @@ class ImageCache:
         finally:
             stop.set()
             while thread.is_alive():  # a reader blocked on a full queue needs room to finish
-                try:
+                with contextlib.suppress(queue.Empty):
                     ready.get(timeout=0.05)
-                except queue.Empty:
-                    pass
 
 
 def cache_folders() -> list[Path]:
