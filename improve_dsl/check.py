@@ -60,11 +60,7 @@ def check_model(spec: Spec, ast: SpecAST, script: str) -> ModelReport:
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
-    check_data_folder(spec, ast)
-    try:
-        channels, height, width, num_classes = input_shape(spec.data.source)
-    except ProfileError as exc:
-        raise _located(ast, "data", "source", str(exc), None) from None
+    channels, height, width, num_classes = check_data(spec, ast)
     module = _load_script(script)
     if hasattr(module, "PRETRAINED"):
         # The same shapes without the weights: nothing is downloaded or read from the cache.
@@ -129,6 +125,19 @@ def check_data_folder(spec: Spec, ast: SpecAST) -> None:
             f"({Path(ast.path).parent}); write it relative to that folder, or absolute"
         )
     raise _located(ast, "data", "source", missing_folder(Path(root)), hint)
+
+
+def check_data(spec: Spec, ast: SpecAST) -> tuple[int, int, int, int]:
+    """(channels, height, width, classes) of the spec's data, read without loading pixels.
+
+    Cheap enough to run as the user types; an unusable image folder raises a
+    ``DiagnosticError`` on the data block's ``source`` field.
+    """
+    check_data_folder(spec, ast)
+    try:
+        return input_shape(spec.data.source)
+    except ProfileError as exc:
+        raise _located(ast, "data", "source", str(exc), None) from None
 
 
 def _load_script(script: str) -> types.ModuleType:

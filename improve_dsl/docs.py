@@ -42,13 +42,20 @@ def component_reference(comp: Component, indent: str = "") -> list[str]:
     lines = [f"{indent}{component_signature(comp)}", f"{indent}    {comp.doc}"]
     if comp.dataset is not None:
         lines.append(f"{indent}    {dataset_summary(comp.dataset)}")
-    for p in comp.params:
-        extra = _param_range(p)
-        lines.append(
-            f"{indent}    {p.name}: {p.kind}{', ' + extra if extra else ''}"
-            f"{', or none' if p.optional else ''} — {p.doc}"
-        )
+    lines += [f"{indent}    {param_reference(p)}" for p in comp.params]
     return lines
+
+
+def param_reference(param: Param, *, with_default: bool = False) -> str:
+    """One parameter: ``lr: float, 1e-06..10.0 — learning rate`` (and its default)."""
+    extra = _param_range(param)
+    default = ""
+    if with_default:
+        default = ", required" if param.required else f", default {_literal(param.default, param.kind)}"
+    return (
+        f"{param.name}: {param.kind}{', ' + extra if extra else ''}"
+        f"{', or none' if param.optional else ''}{default} — {param.doc}"
+    )
 
 
 def field_reference(block: BlockSpec, fld: FieldSpec, *, with_ops: bool = True) -> list[str]:
@@ -82,7 +89,7 @@ def _field_default(fld: FieldSpec) -> ParamValue | str:
     return fld.default
 
 
-def block_reference(block: str, *, include_locked: bool = False) -> str:
+def block_reference(block: str, *, include_locked: bool = False, with_ops: bool = True) -> str:
     """The block's fields and ops, as text for ``improve docs`` and for an expert's prompt."""
     spec = registry.block(block)
     header = f"block {spec.name}" + (" NAME" if spec.labelled else "") + f" — {spec.doc}"
@@ -90,7 +97,7 @@ def block_reference(block: str, *, include_locked: bool = False) -> str:
     for fld in spec.fields:
         if fld.locked and not include_locked:
             continue
-        lines += field_reference(spec, fld)
+        lines += field_reference(spec, fld, with_ops=with_ops)
     return "\n".join(lines) + "\n"
 
 

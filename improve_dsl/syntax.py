@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 from dataclasses import dataclass
 from pathlib import Path
@@ -268,6 +269,16 @@ def _comments(source: str) -> list[Comment]:
             elif ch == "#":
                 found.append(Comment(line[col:].rstrip(), index, col + 1))
                 break
+    return found
+
+
+def tokens(source: str) -> list[Token]:
+    """The grammar's tokens of ``source`` (comments and spaces dropped), in order, up to the
+    first character the grammar cannot read: what an editor needs while a spec is half-typed."""
+    found: list[Token] = []
+    with contextlib.suppress(lark.exceptions.UnexpectedInput):
+        for token in _parser().lex(source):  # one by one: those before a bad one are kept
+            found.append(token)
     return found
 
 
