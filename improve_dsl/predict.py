@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib.util
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -33,15 +34,31 @@ class Prediction:
 
 @dataclass
 class LoadedModel:
-    """A trained model ready for inference, with what its inputs must look like."""
+    """A trained model ready for inference, with what its inputs must look like.
 
-    model: torch.nn.Module
+    ``model`` maps a normalised batch to logits: the torch module of a run directory, or an
+    exported file read back by ``export.load_exported`` (TorchScript, or ONNX in onnxruntime).
+    """
+
+    model: Callable[[torch.Tensor], torch.Tensor]
     class_names: list[str]
     channels: int
     height: int
     width: int
     mean: list[float]
     std: list[float]
+
+
+def load_model(path: Path) -> LoadedModel:
+    """A run directory's model, or a file written by ``improve export`` (ONNX, TorchScript)."""
+    if path.is_file():
+        from .export import ExportError, load_exported
+
+        try:
+            return load_exported(path)
+        except ExportError as exc:
+            raise PredictError(str(exc)) from None
+    return load_run(path)
 
 
 def model_dir(run_dir: Path) -> Path:
@@ -183,11 +200,12 @@ def load_image(path: Path, loaded: LoadedModel) -> torch.Tensor:
 
 
 def predict(run_dir: Path, images: list[Path]) -> list[Prediction]:
-    """The most likely class of each image, in order. Every image is read before any is
-    classified, so an unreadable one stops the command before it prints anything."""
+    """The most likely class of each image, in order, by a run's model or an exported file.
+    Every image is read before any is classified, so an unreadable one stops the command
+    before it prints anything."""
     import torch
 
-    loaded = load_run(run_dir)
+    loaded = load_model(run_dir)
     batch = torch.stack([load_image(path, loaded) for path in images])
     with torch.no_grad():
         probabilities = torch.softmax(loaded.model(batch).float(), dim=1)
