@@ -51,7 +51,8 @@ def param_reference(param: Param, *, with_default: bool = False) -> str:
     extra = _param_range(param)
     default = ""
     if with_default:
-        default = ", required" if param.required else f", default {_literal(param.default, param.kind)}"
+        written = _literal(param.default, param.kind)
+        default = ", required" if param.required else f", default {written}"
     return (
         f"{param.name}: {param.kind}{', ' + extra if extra else ''}"
         f"{', or none' if param.optional else ''}{default} — {param.doc}"

@@ -16,8 +16,8 @@ from typing import Literal
 from lark import Token
 
 from . import docs, registry
-from .fmt import literal
 from .diagnostics import Diagnostic, DiagnosticError
+from .fmt import literal
 from .registry import Component, FieldSpec, Param, ParamValue
 from .syntax import SpecAST, parse, tokens
 

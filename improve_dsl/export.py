@@ -111,7 +111,7 @@ def export_run(run_dir: Path, output: Path, fmt: str | None = None) -> Exported:
         written = load_exported(tmp, fmt)
         with torch.no_grad():
             expected = model(check).float()
-        difference = float((written.model(check).float() - expected).abs().max())
+            difference = float((written.model(check).float() - expected).abs().max())
         os.replace(tmp, output)
     return Exported(output, fmt, difference)
 

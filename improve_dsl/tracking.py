@@ -27,7 +27,8 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from . import docs, registry
+from . import registry
+from .fmt import literal
 from .ir import Op, Spec
 from .journal import Record
 from .refine.live import Reporter, RunInfo, Summary
@@ -58,16 +59,16 @@ def spec_params(spec: Spec) -> dict[str, str]:
             if isinstance(value, Op):
                 params[key] = value.name
                 for name, param in value.params.items():
-                    params[f"{key}.{name}"] = docs.literal(param)
+                    params[f"{key}.{name}"] = literal(param)
             elif isinstance(value, tuple) and all(isinstance(v, Op) for v in value):
                 params[key] = "[" + ", ".join(_op_text(v) for v in value) + "]"
             else:
-                params[key] = docs.literal(value)
+                params[key] = literal(value)
     return {k: v[:PARAM_LIMIT] for k, v in params.items()}
 
 
 def _op_text(op: Op) -> str:
-    args = ", ".join(f"{k} = {docs.literal(v)}" for k, v in op.params.items())
+    args = ", ".join(f"{k} = {literal(v)}" for k, v in op.params.items())
     return f"{op.name}({args})"
 
 

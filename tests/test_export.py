@@ -50,7 +50,7 @@ def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     spec.write_text(SPEC)
     out = work / "run"
     out.mkdir()
-    (out / "train.py").write_text(compile_spec(spec).script)
+    (out / "train.py").write_text(compile_spec(spec, check_shapes=False).script)
     result = run_script(out / "train.py", out, device="cpu", threads=1)
     assert result.status == "ok", result.reason
     return out
@@ -101,6 +101,7 @@ def test_onnx_runs_in_onnxruntime_with_the_torch_predictions(
     np.testing.assert_allclose(logits, expected.numpy(), atol=1e-4, rtol=1e-4)
 
 
+@pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated:FutureWarning")
 def test_torchscript_carries_the_same_model_and_metadata(
     run_dir: Path, images: list[Path], tmp_path: Path
 ) -> None:

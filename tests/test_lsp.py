@@ -25,7 +25,7 @@ from improve_dsl.cli import main  # noqa: E402
 from improve_dsl.fmt import format_text  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
-SERVER = [sys.executable, "-m", "improve_dsl.lsp"]
+SERVER = [sys.executable, "-m", "improve_dsl.cli", "lsp"]  # the `improve lsp` verb
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 

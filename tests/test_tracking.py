@@ -1,5 +1,8 @@
 """MLflow tracking: `improve run --mlflow` and `improve refine --mlflow` log to a real local
-MLflow store (SQLite in a temporary folder), read back through MLflow's own client."""
+MLflow store (SQLite in a temporary folder), read back through MLflow's own client.
+
+Importing MLflow and creating its SQLite store take seconds, so only the spec-to-params
+test is in the fast tier; the rest run with `-m slow`."""
 
 from __future__ import annotations
 
@@ -40,6 +43,7 @@ def test_spec_params_name_every_field_with_defaults_filled() -> None:
     assert cropped["augment.ops"] == "[translate(pixels = 2)]"
 
 
+@pytest.mark.slow  # importing MLflow and trying its store takes seconds
 def test_an_unusable_store_is_a_clear_error(tmp_path: Path) -> None:
     pytest.importorskip("mlflow", reason="the mlflow extra is not installed")
     spec = tmp_path / "digits.imp"

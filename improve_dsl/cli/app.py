@@ -1,9 +1,10 @@
 """The ``improve`` command line: the top-level parser and ``main``.
 
 Each verb family lives in its own module, with every verb's flags declared beside the
-function that reads them: ``language`` (check, fmt, docs, grammar, diff, compile),
-``training`` (run, evaluate, predict, init) and ``refining`` (refine, report). Heavy imports
-(torch, openai) happen inside the verbs that need them, so ``check`` and ``fmt`` start fast.
+function that reads them: ``language`` (check, fmt, docs, grammar, diff, compile, lsp),
+``training`` (run, evaluate, predict, export, init) and ``refining`` (refine, report). Heavy
+imports (torch, openai, pygls, mlflow) happen inside the verbs that need them, so ``check``
+and ``fmt`` start fast.
 
 Exit codes: 0 success, 1 a run failed, 2 the user's input is wrong, 130 interrupted.
 """
@@ -32,8 +33,10 @@ VERBS: tuple[Callable[[Verbs], None], ...] = (
     training.add_run,
     training.add_evaluate,
     training.add_predict,
+    training.add_export,
     training.add_init,
     refining.add_refine,
+    language.add_lsp,
 )
 
 

@@ -248,3 +248,25 @@ def cmd_compile(args: argparse.Namespace) -> int:
         raise UsageError(f"cannot write {out}: {exc.strerror or exc}") from None
     print(f"wrote {out} ({compiled.summary()})", file=sys.stderr)
     return EXIT_OK
+
+
+def add_lsp(verbs: Verbs) -> None:
+    p = verbs.add_parser(
+        "lsp",
+        help="language server for editors (stdio)",
+        description="Serve the Language Server Protocol on stdin/stdout: diagnostics as you "
+        "type, hover, completion, formatting and document symbols for .imp specs. Editors "
+        "start it themselves (see the README). Needs pip install 'improve-dsl[lsp]'.",
+    )
+    p.set_defaults(func=cmd_lsp)
+
+
+def cmd_lsp(args: argparse.Namespace) -> int:
+    """Serve the language server protocol on stdin/stdout for an editor."""
+    from ..lsp import LspUnavailable, serve
+
+    try:
+        serve()
+    except LspUnavailable as exc:
+        raise UsageError(str(exc)) from None
+    return EXIT_OK

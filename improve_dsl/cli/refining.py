@@ -5,9 +5,13 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from . import common
 from .common import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, UsageError, Verbs, err
+
+if TYPE_CHECKING:
+    from ..refine.live import Reporter
 
 REFINE_DESCRIPTION = """\
 Improve SPEC by Iterative Refinement. First the spec as it is is trained and scored on
@@ -196,12 +200,31 @@ def add_refine(verbs: Verbs) -> None:
         metavar="N",
         help="seed of the expert's tie-breaks (default 0)",
     )
+    p.add_argument(
+        "--mlflow",
+        action="store_true",
+        help="log to MLflow (MLFLOW_TRACKING_URI): a parent run for the refinement, a nested "
+        "run per attempt; a resumed run continues its parent (pip install 'improve-dsl[mlflow]')",
+    )
     p.add_argument("-q", "--quiet", action="store_true", help="print nothing while refining")
     p.set_defaults(func=cmd_refine, test=None, prune=None)
 
 
 def _raise_interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
+
+
+def _with_mlflow(reporter: Reporter, args: argparse.Namespace) -> Reporter:
+    """The view's reporter and an MLflow one (exit 2 when MLflow is missing or unusable)."""
+    from ..tracking import TrackingUnavailable, connect, with_mlflow
+    from ..validate import load
+
+    # The experiment is named after the pipeline: from SPEC, or the resumed run's start.
+    spec = Path(args.spec) if args.spec else Path(args.resume) / "start.imp"
+    try:
+        return with_mlflow(reporter, connect(load(spec).pipeline.name))
+    except TrackingUnavailable as exc:
+        raise UsageError(str(exc)) from None
 
 
 def cmd_refine(args: argparse.Namespace) -> int:
@@ -230,6 +253,8 @@ def cmd_refine(args: argparse.Namespace) -> int:
     # A polite kill (SIGTERM) saves the state like Ctrl-C does.
     signal.signal(signal.SIGTERM, _raise_interrupt)
     reporter = make_reporter(quiet=args.quiet)
+    if args.mlflow:
+        reporter = _with_mlflow(reporter, args)
     spec = Path(args.spec) if args.spec else None
     try:
         result = refine(spec, options, reporter, RefineOptions.given_flags(args))

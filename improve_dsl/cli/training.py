@@ -1,15 +1,19 @@
-"""The training verbs: run, evaluate, predict and init. Each ``add_VERB`` declares the verb's
-flags; the ``cmd_VERB`` below it reads them."""
+"""The training verbs: run, evaluate, predict, export and init. Each ``add_VERB`` declares
+the verb's flags; the ``cmd_VERB`` below it reads them."""
 
 from __future__ import annotations
 
 import argparse
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from .. import registry
 from . import common
 from .common import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, UsageError, Verbs, err
+
+if TYPE_CHECKING:
+    from ..tracking import TrainingRun
 
 
 def _train_flags() -> argparse.ArgumentParser:
@@ -22,12 +26,30 @@ def _train_flags() -> argparse.ArgumentParser:
         help="auto (CUDA when there is a GPU, else CPU), cpu, cuda or cuda:N; default auto",
     )
     flags.add_argument(
+        "--mlflow",
+        action="store_true",
+        help="log the run to MLflow (MLFLOW_TRACKING_URI; experiment "
+        "MLFLOW_EXPERIMENT_NAME or the pipeline's name); pip install 'improve-dsl[mlflow]'",
+    )
+    flags.add_argument(
         "--seed",
         type=common.seed,
         help="training seed (default: the spec's pipeline seed); the "
         "validation split has its own seed in the spec and never changes",
     )
     return flags
+
+
+def _tracked_run(spec_path: Path, split: str) -> TrainingRun:
+    """The MLflow run of `--mlflow` (exit 2 when MLflow is missing or its store unusable)."""
+    from ..tracking import TrackingUnavailable, TrainingRun, connect
+    from ..validate import load
+
+    spec = load(spec_path)  # diagnostics first; the pipeline names the experiment
+    try:
+        return TrainingRun(connect(spec.pipeline.name), spec, spec_path, split)
+    except TrackingUnavailable as exc:
+        raise UsageError(str(exc)) from None
 
 
 def _train(args: argparse.Namespace, split: str) -> int:
@@ -41,6 +63,8 @@ def _train(args: argparse.Namespace, split: str) -> int:
     from ..run import default_run_dir, run_script
 
     spec_path = Path(args.spec)
+    # MLflow first: an unusable store is reported before any compiling or training.
+    tracked = _tracked_run(spec_path, split) if args.mlflow else None
     compiled = compile_spec(spec_path)
     out = Path(args.out) if args.out else default_run_dir(spec_path, split)
     try:
@@ -53,6 +77,12 @@ def _train(args: argparse.Namespace, split: str) -> int:
     label = compiled.spec.pipeline.name + (" (test split)" if split == "test" else "")
     try:
         with EpochProgress(console, label) as progress:
+
+            def on_event(event: dict[str, Any]) -> bool:
+                if tracked is not None:
+                    tracked.on_event(event)
+                return progress(event)
+
             result = run_script(
                 out / "train.py",
                 out,
@@ -60,11 +90,15 @@ def _train(args: argparse.Namespace, split: str) -> int:
                 device=args.device,
                 seed=args.seed,
                 timeout=getattr(args, "timeout", None),
-                on_event=progress,
+                on_event=on_event,
             )
     except KeyboardInterrupt:
+        if tracked is not None:
+            tracked.interrupted()
         err(f"interrupted; the partial log is in {out / 'log'}")
         return EXIT_INTERRUPTED
+    if tracked is not None:
+        tracked.finish(out, result.metric_name, result.metric, result.ok)
     if not result.ok or result.metric is None:
         reason = (result.reason or "unknown reason").splitlines()
         err(f"the run failed ({result.status}): {reason[0]}")
@@ -148,15 +182,16 @@ def add_predict(verbs: Verbs) -> None:
         "predict",
         help="classify images with a finished run's model",
         description="Load RUN_DIR/model.pt and the architecture from "
-        "RUN_DIR/train.py, prepare each image as in training (colour mode, "
-        "resize to the input size, the saved normalisation) and print "
-        "`IMAGE: CLASS (PROBABILITY)` per image.",
+        "RUN_DIR/train.py (or a model file written by `improve export`: ONNX or "
+        "TorchScript), prepare each image as in training (colour mode, resize to the input "
+        "size, the saved normalisation) and print `IMAGE: CLASS (PROBABILITY)` per image.",
     )
     p.add_argument(
         "run_dir",
         metavar="RUN_DIR",
         help="a directory written by `improve run`, `improve evaluate` or `improve refine` "
-        "(its best spec's model)",
+        "(its best spec's model), or a file written by `improve export` (model.onnx needs "
+        "pip install 'improve-dsl[onnx]')",
     )
     p.add_argument("images", nargs="+", metavar="IMAGE", help="image files (PNG, JPEG, ...)")
     p.set_defaults(func=cmd_predict)
@@ -172,6 +207,46 @@ def cmd_predict(args: argparse.Namespace) -> int:
         raise UsageError(str(exc)) from None
     for item in predictions:
         print(f"{item.path}: {item.label} ({item.probability:.3f})")
+    return EXIT_OK
+
+
+def add_export(verbs: Verbs) -> None:
+    p = verbs.add_parser(
+        "export",
+        help="write a run's model as ONNX or TorchScript",
+        description="Write the model of a finished run (a directory of `improve run`, "
+        "`improve evaluate`, or a refinement candidate) as ONNX or TorchScript, with the "
+        "class names, input size and normalisation in the file's metadata. Input: float32 "
+        "N x C x H x W, pixels scaled to 0..1 then (x - mean) / std; output: one logit per "
+        "class. `improve predict FILE IMAGE...` reads the file back. ONNX needs "
+        "pip install 'improve-dsl[onnx]'.",
+    )
+    p.add_argument("run_dir", metavar="RUN_DIR", help="a directory holding model.pt and train.py")
+    p.add_argument(
+        "-o",
+        "--output",
+        required=True,
+        metavar="FILE",
+        help="where to write the model: FILE.onnx (ONNX) or FILE.pt (TorchScript)",
+    )
+    p.add_argument(
+        "--format",
+        choices=("onnx", "torchscript"),
+        help="the format (default: from the suffix of FILE)",
+    )
+    p.set_defaults(func=cmd_export)
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    """Write a finished run's model as ONNX or TorchScript, with its class names and
+    normalisation in the file's metadata."""
+    from ..export import ExportError, export_run
+
+    try:
+        exported = export_run(Path(args.run_dir), Path(args.output), args.format)
+    except ExportError as exc:
+        raise UsageError(str(exc)) from None
+    print(exported.describe())
     return EXIT_OK
 
 
