@@ -16,13 +16,13 @@ import json
 import os
 import tempfile
 import warnings
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from . import __version__
-from .predict import LoadedModel, PredictError, load_run
+from .predict import METADATA_FILE, LoadedModel, PredictError, load_exported, load_run
+from .predict import metadata as model_metadata
 
 if TYPE_CHECKING:
     import torch
@@ -34,7 +34,6 @@ _SUFFIXES = {
     ".ts": "torchscript",
     ".torchscript": "torchscript",
 }
-METADATA_FILE = "improve.json"  # the TorchScript extra file holding the metadata
 INPUT_NOTE = "float32 NxCxHxW, pixels scaled to 0..1, then (x - mean) / std per channel"
 ONNX_OPSET = 17
 
@@ -76,10 +75,7 @@ def format_for(path: Path, given: str | None) -> str:
 def metadata(loaded: LoadedModel, run_dir: Path) -> dict[str, str]:
     """What a user of the exported file needs to feed it and read its output."""
     return {
-        "improve.class_names": json.dumps(loaded.class_names),
-        "improve.input_size": json.dumps([loaded.channels, loaded.height, loaded.width]),
-        "improve.mean": json.dumps(loaded.mean),
-        "improve.std": json.dumps(loaded.std),
+        **model_metadata(loaded),
         "improve.input": INPUT_NOTE,
         "improve.output": "logits, one per class in the order of improve.class_names",
         "improve.version": __version__,
@@ -108,7 +104,10 @@ def export_run(run_dir: Path, output: Path, fmt: str | None = None) -> Exported:
             _write_onnx(model, example, meta, tmp)
         else:
             _write_torchscript(model, example, meta, tmp)
-        written = load_exported(tmp, fmt)
+        try:
+            written = load_exported(tmp, fmt)
+        except PredictError as exc:  # the file just written does not read back: a defect
+            raise ExportError(f"the exported file does not load: {exc}") from None
         with torch.no_grad():
             expected = model(check).float()
             difference = float((written.model(check).float() - expected).abs().max())
@@ -190,90 +189,3 @@ def _import_onnx() -> Any:
             "ONNX export needs onnx and onnxruntime: pip install 'improve-dsl[onnx]'"
         ) from None
     return onnx
-
-
-# ---------------------------------------------------------------- reading an exported file
-
-
-def load_exported(path: Path, fmt: str | None = None) -> LoadedModel:
-    """An exported model and its metadata, ready for ``improve predict``."""
-    fmt = fmt or _sniff(path)
-    if fmt == "onnx":
-        model, meta = _load_onnx(path)
-    else:
-        model, meta = _load_torchscript(path)
-    try:
-        channels, height, width = (int(v) for v in json.loads(meta["improve.input_size"]))
-        return LoadedModel(
-            model=model,
-            class_names=[str(n) for n in json.loads(meta["improve.class_names"])],
-            channels=channels,
-            height=height,
-            width=width,
-            mean=[float(v) for v in json.loads(meta["improve.mean"])],
-            std=[float(v) for v in json.loads(meta["improve.std"])],
-        )
-    except (KeyError, TypeError, ValueError):
-        raise ExportError(
-            f"{path} has no improve metadata (class names, input size, normalisation): "
-            "export it with `improve export`"
-        ) from None
-
-
-def _sniff(path: Path) -> str:
-    """ONNX files are protobuf; TorchScript files are zip archives (``PK``)."""
-    try:
-        with open(path, "rb") as handle:
-            head = handle.read(4)
-    except OSError as exc:
-        raise ExportError(f"cannot read {path}: {exc.strerror or exc}") from None
-    return "torchscript" if head.startswith(b"PK") else "onnx"
-
-
-def _load_onnx(path: Path) -> tuple[Callable[[torch.Tensor], torch.Tensor], dict[str, str]]:
-    try:
-        import onnxruntime
-    except ImportError:
-        raise ExportError(
-            f"{path.name} is an ONNX model; reading it needs onnxruntime: "
-            "pip install 'improve-dsl[onnx]'"
-        ) from None
-    try:
-        session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    except Exception as exc:  # onnxruntime raises its own untyped errors for foreign files
-        raise ExportError(f"{path} is not an ONNX model that can be run: {_first(exc)}") from None
-    meta = dict(session.get_modelmeta().custom_metadata_map)
-    input_name = session.get_inputs()[0].name
-
-    def run(batch: torch.Tensor) -> torch.Tensor:
-        import torch
-
-        [logits] = session.run(None, {input_name: batch.float().numpy()})[:1]
-        return torch.from_numpy(logits)
-
-    return run, meta
-
-
-def _load_torchscript(path: Path) -> tuple[torch.nn.Module, dict[str, str]]:
-    import torch
-
-    extra = {METADATA_FILE: ""}
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            module = torch.jit.load(  # type: ignore[no-untyped-call]
-                str(path), map_location="cpu", _extra_files=extra
-            )
-    except Exception as exc:  # a truncated or foreign archive: say so in one line
-        raise ExportError(f"{path} is not a TorchScript model: {_first(exc)}") from None
-    try:
-        meta = json.loads(extra[METADATA_FILE] or "{}")
-    except ValueError:
-        meta = {}
-    module.eval()
-    return module, {str(k): str(v) for k, v in meta.items()}
-
-
-def _first(exc: BaseException) -> str:
-    text = str(exc).strip() or type(exc).__name__
-    return text.splitlines()[0]

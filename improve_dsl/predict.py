@@ -4,12 +4,16 @@ The run directory holds ``model.pt`` (weights, class names, input size, normalis
 ``train.py``, the script that trained it. The model class is taken from that script, imported
 as a module (it is our own template output, and its training code sits behind
 ``if __name__ == "__main__":``), so the architecture is exactly the one that was trained.
+A file written by ``improve export`` is read here too: ONNX (run in onnxruntime, the ``onnx``
+extra) or TorchScript, each carrying the same class names, input size and normalisation.
 """
 
 from __future__ import annotations
 
 import importlib.util
+import json
 import sys
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +25,10 @@ if TYPE_CHECKING:
 
 class PredictError(Exception):
     """A problem with the run directory or an image, told in one line."""
+
+
+META = "improve."  # the prefix of the metadata keys in an exported file
+METADATA_FILE = "improve.json"  # a TorchScript file's extra file holding the metadata
 
 
 @dataclass(frozen=True)
@@ -51,14 +59,7 @@ class LoadedModel:
 
 def load_model(path: Path) -> LoadedModel:
     """A run directory's model, or a file written by ``improve export`` (ONNX, TorchScript)."""
-    if path.is_file():
-        from .export import ExportError, load_exported
-
-        try:
-            return load_exported(path)
-        except ExportError as exc:
-            raise PredictError(str(exc)) from None
-    return load_run(path)
+    return load_exported(path) if path.is_file() else load_run(path)
 
 
 def model_dir(run_dir: Path) -> Path:
@@ -214,3 +215,99 @@ def predict(run_dir: Path, images: list[Path]) -> list[Prediction]:
         Prediction(str(path), loaded.class_names[int(index)], float(prob))
         for path, prob, index in zip(images, best.values, best.indices, strict=True)
     ]
+
+
+# ---------------------------------------------------------------- files of `improve export`
+
+
+def metadata(loaded: LoadedModel) -> dict[str, str]:
+    """What a user of an exported file needs to feed it: class names, input size and
+    normalisation, as the string pairs ONNX and TorchScript files carry."""
+    return {
+        f"{META}class_names": json.dumps(loaded.class_names),
+        f"{META}input_size": json.dumps([loaded.channels, loaded.height, loaded.width]),
+        f"{META}mean": json.dumps(loaded.mean),
+        f"{META}std": json.dumps(loaded.std),
+    }
+
+
+def load_exported(path: Path, fmt: str | None = None) -> LoadedModel:
+    """A file of ``improve export`` (ONNX, run in onnxruntime, or TorchScript) and its
+    metadata, ready to classify as a run's model is."""
+    fmt = fmt or _sniff(path)
+    if fmt == "onnx":
+        model, meta = _load_onnx(path)
+    else:
+        model, meta = _load_torchscript(path)
+    try:
+        channels, height, width = (int(v) for v in json.loads(meta[f"{META}input_size"]))
+        return LoadedModel(
+            model=model,
+            class_names=[str(n) for n in json.loads(meta[f"{META}class_names"])],
+            channels=channels,
+            height=height,
+            width=width,
+            mean=[float(v) for v in json.loads(meta[f"{META}mean"])],
+            std=[float(v) for v in json.loads(meta[f"{META}std"])],
+        )
+    except (KeyError, TypeError, ValueError):
+        raise PredictError(
+            f"{path} has no improve metadata (class names, input size, normalisation): "
+            "export it with `improve export`"
+        ) from None
+
+
+def _sniff(path: Path) -> str:
+    """ONNX files are protobuf; TorchScript files are zip archives (``PK``)."""
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(4)
+    except OSError as exc:
+        raise PredictError(f"cannot read {path}: {exc.strerror or exc}") from None
+    return "torchscript" if head.startswith(b"PK") else "onnx"
+
+
+def _load_onnx(path: Path) -> tuple[Callable[[torch.Tensor], torch.Tensor], dict[str, str]]:
+    try:
+        import onnxruntime
+    except ImportError:
+        raise PredictError(
+            f"{path.name} is an ONNX model; reading it needs onnxruntime: "
+            "pip install 'improve-dsl[onnx]'"
+        ) from None
+    try:
+        session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    except Exception as exc:  # onnxruntime raises its own untyped errors for foreign files
+        raise PredictError(
+            f"{path} is not an ONNX model that can be run: {_first_line(exc)}"
+        ) from None
+    meta = dict(session.get_modelmeta().custom_metadata_map)
+    input_name = session.get_inputs()[0].name
+
+    def run(batch: torch.Tensor) -> torch.Tensor:
+        import torch
+
+        [logits] = session.run(None, {input_name: batch.float().numpy()})[:1]
+        return torch.from_numpy(logits)
+
+    return run, meta
+
+
+def _load_torchscript(path: Path) -> tuple[torch.nn.Module, dict[str, str]]:
+    import torch
+
+    extra = {METADATA_FILE: ""}
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            module = torch.jit.load(  # type: ignore[no-untyped-call]
+                str(path), map_location="cpu", _extra_files=extra
+            )
+    except Exception as exc:  # a truncated or foreign archive: say so in one line
+        raise PredictError(f"{path} is not a TorchScript model: {_first_line(exc)}") from None
+    try:
+        meta = json.loads(extra[METADATA_FILE] or "{}")
+    except ValueError:
+        meta = {}
+    module.eval()
+    return module, {str(k): str(v) for k, v in meta.items()}
