@@ -100,7 +100,7 @@ _ROOT = _p(
     "root",
     "str",
     None,
-    "folder holding the dataset files (default: $IMPROVE_DATA or the usual system location)",
+    "the dataset's folder, relative to the spec's (default: $IMPROVE_DATA or the system location)",
     optional=True,
 )
 _DOWNLOAD = _p("download", "bool", False, "download the dataset with torchvision when missing")
@@ -155,7 +155,13 @@ SOURCES = (
         "a folder with one sub-folder per class (optionally under "
         "train/ and test/); images of any mode and size are converted and resized",
         (
-            _p("root", "str", None, "the dataset folder", required=True),
+            _p(
+                "root",
+                "str",
+                None,
+                "the dataset folder, relative to the spec's folder",
+                required=True,
+            ),
             _p(
                 "image_size",
                 "int",

@@ -58,7 +58,7 @@ METRIC = "balanced_accuracy"  # the score maximised on the validation split
 SEED = 0  # seed of initialisation and data order
 
 # data
-DATA_ROOT = "specs/data/my_images"  # the dataset folder
+DATA_ROOT = "specs/data/my_images"  # the dataset folder, relative to the spec's folder
 IMAGE_SIZE = 32  # images are resized to this square size
 CHANNELS = 3  # 1 for grayscale, 3 for RGB
 TEST_FRACTION = 0.2  # held-out test share when there is no test/ folder
