@@ -1,29 +1,28 @@
-"""Does Iterative Refinement beat all-at-once and zero-shot here? Five strategies, same budget.
+"""The race: does `improve refine` with the offline expert beat Optuna? Same start, same space.
 
-On a copy of specs/fashion_mnist_quick.imp (the weak Fashion-MNIST subset spec; the copy may
-take a smaller ``--subset`` and ``--val-fraction`` so the whole comparison fits the CPU), each
-strategy runs ``--iters`` iterations after the shared baseline, once per seed:
+For each starting spec and each seed, six arms each get the baseline run plus ``--iters``
+more training runs:
 
-- ``iterative``    the heuristic expert rewrites one block per iteration (the paper's method)
-- ``all-at-once``  the heuristic expert rewrites every block per iteration
-- ``zero-shot``    the heuristic expert rewrites every block once, no iteration
-- ``random``       random valid one-block edits from the registry (bench/random_expert.py)
-- ``optuna``       Optuna's TPE sampler over the same space as ``random``, every block per trial
+- ``iterative``    `improve refine` with the heuristic expert, one block per iteration
+- ``all-at-once``  the same expert rewriting every block per iteration
+- ``zero-shot``    the same expert rewriting every block once (1 run after the baseline)
+- ``random``       Optuna's RandomSampler over bench/search_space.py
+- ``tpe``          Optuna's TPESampler over the same space (3 start-up trials)
+- ``tpe-pruner``   TPE with Optuna's MedianPruner, for the comparison at equal compute
 
-All five go through the same machinery: ``improve refine``'s loop (improve_dsl/refine/loop.py)
-with its compile-time checks, keep-if-better rule, pruning, results cache and the final
-once-only test run of the best spec; only the expert differs. "Seed" s sets the training seed
-(the spec's ``seed``), the heuristic's tie-break seed, the random expert's seed and the TPE
-sampler's seed. Within a seed, the strategies share a results cache, so the baseline is trained
-once and a candidate two strategies both propose is trained once (it still counts as one of
-each strategy's runs).
+Fairness: every arm starts from the same starting spec (Optuna's first trial is the
+starting spec, enqueued), searches the space the expert can reach (search_space.py), trains
+with the same compiled scripts on the same machine and seeds, in its own folder with its own
+results cache (nothing is shared between arms), single-threaded, under the same per-run
+time limit. "Seed" s sets the spec's training seed, the expert's tie-break seed and the
+sampler's seed. Each run's cost is its measured training-process seconds; arms are run
+interleaved (``--jobs`` at a time), so load on the machine falls on all of them alike.
+The test split is used once per (arm, seed), on the arm's best spec, after its search.
 
-Each finished (strategy, seed) run is written at once to ``--out`` (JSON), so a crash loses at
-most the run in progress; rerunning the same command skips finished runs. ``--report`` only
-rebuilds the table and the plot from that JSON.
+Results go to ``--out`` (one JSON file per start, each finished (arm, seed) saved at once;
+rerunning skips finished ones); ``--report`` rebuilds the tables and plots from them.
 
-    python bench/refine_compare.py --iters 5 --seeds 2 --subset 2000 --val-fraction 0.05 \
-        --timeout 180
+    python bench/refine_compare.py --starts digits,digits_timid_adam --seeds 3 --jobs 2
     python bench/refine_compare.py --report
 """
 
@@ -31,13 +30,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
+import os
 import re
 import shutil
 import statistics
 import sys
 import time
 from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 from typing import Any
 
@@ -45,288 +45,284 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
-from random_expert import RandomExpert, all_blocks_text  # noqa: E402
-
-from improve_dsl import registry  # noqa: E402
-from improve_dsl.refine import loop  # noqa: E402
-from improve_dsl.refine.expert import Context, Proposal, Selection  # noqa: E402
-from improve_dsl.refine.live import PlainReporter  # noqa: E402
-from improve_dsl.refine.options import RefineOptions  # noqa: E402
-
-STRATEGIES = ("iterative", "all-at-once", "zero-shot", "random", "optuna")
-SPEC = REPO / "specs" / "fashion_mnist_quick.imp"
+ARMS = ("iterative", "all-at-once", "zero-shot", "random", "tpe", "tpe-pruner")
+LOOP_ARMS = ARMS[:3]
+STARTS = {
+    "digits": REPO / "specs" / "digits.imp",
+    "digits_timid_adam": REPO / "bench" / "starts" / "digits_timid_adam.imp",
+    "fashion_mnist_quick": REPO / "specs" / "fashion_mnist_quick.imp",
+}
 RESULTS = REPO / "bench" / "results"
 
 
-# ---------------------------------------------------------------- the Optuna expert
-
-
-class OptunaDraw:
-    """The ``Draw`` interface of random_expert.py over an Optuna trial."""
-
-    def __init__(self, trial: Any) -> None:
-        self.trial = trial
-
-    def choice(self, name: str, options: Sequence[Any]) -> Any:
-        return self.trial.suggest_categorical(name, list(options))
-
-    def uniform(self, name: str, low: float, high: float, log: bool = False) -> float:
-        return float(self.trial.suggest_float(name, low, high, log=log))
-
-    def integer(self, name: str, low: int, high: int) -> int:
-        return int(self.trial.suggest_int(name, low, high))
-
-
-class OptunaExpert:
-    """TPE over the shared search space; each trial proposes every refinable block.
-
-    The loop trains each proposal like any other; the next ``propose`` reads the previous
-    trial's score from the history and tells the study (failed or refused: a failed trial).
-    """
-
-    name = "optuna-tpe"
-
-    def __init__(self, seed: int, startup_trials: int) -> None:
-        import optuna
-
-        optuna.logging.set_verbosity(optuna.logging.WARNING)
-        sampler = optuna.samplers.TPESampler(seed=seed, n_startup_trials=startup_trials)
-        self.study = optuna.create_study(direction="maximize", sampler=sampler)
-        self.open: Any = None
-        self.told = 0
-
-    def _tell(self, value: float | None) -> None:
-        import optuna
-
-        if value is None:
-            self.study.tell(self.open, state=optuna.trial.TrialState.FAIL)
-        else:
-            self.study.tell(self.open, value)
-        self.open = None
-
-    def select(self, context: Context, candidates: Sequence[str]) -> Selection | None:
-        return None
-
-    def propose(self, context: Context) -> Proposal:
-        if self.open is not None:
-            if context.feedback:  # the loop refused the last sample: a failed trial
-                self._tell(None)
-            else:
-                done = [a for a in context.history if a.status != "pending"]
-                last = done[-1] if done else None
-                scored = last is not None and last.status in (
-                    "accepted",
-                    "rejected",
-                    "cached",
-                    "pruned",
-                )
-                self._tell(last.metric if scored and last is not None else None)
-        self.open = self.study.ask()
-        text = all_blocks_text(OptunaDraw(self.open))
-        return Proposal(
-            text=text,
-            rationale=f"TPE trial {self.open.number}",
-            move=f"tpe-{self.open.number}",
-            raw=text,
-        )
-
-
-# ---------------------------------------------------------------- one run
-
-
-def bench_spec_text(seed: int, subset: int | None, val_fraction: float | None) -> str:
-    """The quick spec with this seed (and, if given, a smaller subset and validation share)."""
-    text = SPEC.read_text(encoding="utf-8")
+def spec_copy(start: str, seed: int, folder: Path) -> Path:
+    """The starting spec with this seed, in a folder of its own."""
+    text = STARTS[start].read_text(encoding="utf-8")
     text = re.sub(r"(?m)^(\s*seed\s*=\s*)\d+", rf"\g<1>{seed}", text, count=1)
-    if subset is not None:
-        text = re.sub(r"subset\s*=\s*\d+", f"subset = {subset}", text, count=1)
-    if val_fraction is not None:
-        text = re.sub(r"fraction\s*=\s*[0-9.]+", f"fraction = {val_fraction}", text, count=1)
-    return text
-
-
-def run_one(strategy: str, seed: int, args: argparse.Namespace, log: Any) -> dict[str, Any]:
-    """One strategy with one seed, through the refine loop; a summary of what it did."""
-    folder = Path(args.work) / f"seed-{seed}"
     folder.mkdir(parents=True, exist_ok=True)
-    spec_path = folder / "quick.imp"
-    start = bench_spec_text(seed, args.subset, args.val_fraction)
-    spec_path.write_text(start, encoding="utf-8")  # the loop writes accepted specs back here
-    run_dir = folder / "quick.improve" / strategy
-    if run_dir.exists():
-        shutil.rmtree(run_dir)  # a run cut short is redone whole (the cache keeps its work)
+    path = folder / f"{start}.imp"
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+# ---------------------------------------------------------------- the expert's arms
+
+
+def run_loop_arm(arm: str, spec: Path, seed: int, args: argparse.Namespace) -> dict[str, Any]:
+    """`improve refine` through its public entry point; each attempt as one run."""
+    from improve_dsl.refine.live import PlainReporter
+    from improve_dsl.refine.loop import refine
+    from improve_dsl.refine.options import RefineOptions
+
     options = RefineOptions(
         iters=args.iters,
         expert="heuristic",
-        select="analyst",  # heuristic and optuna: no analyst, so the diagnosis selects
-        strategy="all-at-once"
-        if strategy in ("all-at-once", "zero-shot", "optuna")
-        else "iterative",
-        zero_shot=strategy == "zero-shot",
-        run_dir=run_dir,
+        strategy="iterative" if arm == "iterative" else "all-at-once",
+        zero_shot=arm == "zero-shot",
+        run_dir=spec.parent / "run",
         device="cpu",
-        threads=args.threads,
+        threads=1,
         timeout=args.timeout,
         expert_seed=seed,
     )
-    reporter = PlainReporter(log)
-    refiner = loop._start(spec_path, options, reporter)
-    if strategy == "random":
-        refiner.expert = RandomExpert(seed)
-    elif strategy == "optuna":
-        refiner.expert = OptunaExpert(seed, startup_trials=max(2, args.iters // 3))
-    started = time.monotonic()
+    with open(spec.parent / "log.txt", "w", encoding="utf-8") as log:
+        result = refine(spec, options, PlainReporter(log))
+    runs = [
+        {
+            "run": r.iteration,
+            "status": r.status,
+            "metric": r.metric if r.status in ("accepted", "rejected", "cached") else None,
+            # The training process's seconds, as for Optuna's runs (a record's own seconds
+            # also count compiling, and for the baseline, starting the fork server).
+            "seconds": float(r.extras.get("train_seconds") or r.seconds),
+            "change": r.extras.get("move", ""),
+        }
+        for r in result.records
+    ]
+    return {"runs": runs, "test": result.test_metric, "best_spec": result.best_spec.read_text()}
+
+
+# ---------------------------------------------------------------- Optuna's arms
+
+
+def run_optuna_arm(arm: str, spec: Path, seed: int, args: argparse.Namespace) -> dict[str, Any]:
+    """An Optuna study whose objective compiles and trains a spec, as a user would write it."""
+    import optuna
+    from search_space import params_of, sample
+
+    from improve_dsl import registry, validate
+    from improve_dsl.diagnostics import DiagnosticError
+    from improve_dsl.executors import TrainJob, make_executor
+    from improve_dsl.refine import edit
+    from improve_dsl.refine.recipes import data_info
+    from improve_dsl.refine.state import compile_script
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    start_text = spec.read_text(encoding="utf-8")
+    start = validate.load_text(start_text, str(spec))
+    info = data_info(start)
+    sampler: optuna.samplers.BaseSampler = (
+        optuna.samplers.RandomSampler(seed=seed)
+        if arm == "random"
+        else optuna.samplers.TPESampler(seed=seed, n_startup_trials=3)
+    )
+    pruner: optuna.pruners.BasePruner = (
+        optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=1)
+        if arm == "tpe-pruner"
+        else optuna.pruners.NopPruner()
+    )
+    study = optuna.create_study(direction="maximize", sampler=sampler, pruner=pruner)
+    study.enqueue_trial(params_of(start, info))
+    metric_key = f"val_{start.pipeline.metric}"
+    runs: list[dict[str, Any]] = []
+    best: tuple[float, str] | None = None
+    blocks = tuple(registry.REFINABLE_BLOCKS)
+    executor = make_executor("local", parallel=1, device="cpu", threads=1)
     try:
-        result = refiner.refine()
+        for number in range(args.iters + 1):
+            trial = study.ask()
+            texts = sample(trial, info)
+            try:
+                # The first trial is the enqueued starting spec: trained as written.
+                text = start_text if number == 0 else edit.apply_edit(
+                    start_text,
+                    str(spec),
+                    blocks,
+                    "".join(texts[b] for b in blocks),
+                    check_shapes=False,
+                )
+                script = compile_script(text, str(spec))
+            except (edit.EditError, DiagnosticError) as exc:
+                study.tell(trial, state=optuna.trial.TrialState.FAIL)
+                runs.append({"run": number, "status": "invalid", "metric": None, "seconds": 0.0,
+                             "change": str(exc).splitlines()[0]})  # fmt: skip
+                continue
+            folder = spec.parent / "trials" / str(number)
+            folder.mkdir(parents=True, exist_ok=True)
+            (folder / "spec.imp").write_text(text, encoding="utf-8")
+            (folder / "train.py").write_text(script, encoding="utf-8")
+
+            def on_event(event: dict[str, Any], trial: Any = trial) -> bool:
+                value = event.get(metric_key)
+                if event.get("event") != "epoch" or not isinstance(value, (int, float)):
+                    return True
+                trial.report(float(value), int(event["epoch"]))
+                return not trial.should_prune()
+
+            job = TrainJob(folder / "train.py", folder, "val", seed, "cpu", args.timeout,
+                           threads=1, on_event=on_event)  # fmt: skip
+            result = executor.wait(executor.submit(job))
+            if result.status == "ok" and result.metric is not None:
+                study.tell(trial, result.metric)
+                if best is None or result.metric > best[0]:
+                    best = (result.metric, text)
+            elif result.status == "pruned":
+                study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+            else:
+                study.tell(trial, state=optuna.trial.TrialState.FAIL)
+            runs.append(
+                {
+                    "run": number,
+                    "status": result.status,
+                    "metric": result.metric if result.status == "ok" else None,
+                    "seconds": round(result.seconds, 3),
+                    "change": f"trial {trial.number}",
+                }
+            )
+        test = None
+        if best is not None:
+            folder = spec.parent / "test"
+            folder.mkdir(parents=True, exist_ok=True)
+            (folder / "train.py").write_text(compile_script(best[1], str(spec)), encoding="utf-8")
+            job = TrainJob(folder / "train.py", folder, "test", seed, "cpu", args.timeout * 2,
+                           threads=1)  # fmt: skip
+            outcome = executor.wait(executor.submit(job))
+            test = outcome.metric if outcome.status == "ok" else None
     finally:
-        reporter.close()
-    wall = time.monotonic() - started
-    attempts = []
-    for r in result.records:
-        attempts.append(
-            {
-                "iteration": r.iteration,
-                "block": r.block,
-                "status": r.status,
-                "metric": r.metric,
-                "seconds": r.seconds,
-                "move": r.extras.get("move", ""),
-                "cached": bool(r.extras.get("cached")),
-            }
-        )
-    final_path = run_dir / "final.json"
-    final = json.loads(final_path.read_text()) if final_path.exists() else {}
-    return {
-        "strategy": strategy,
-        "seed": seed,
-        "attempts": attempts,
-        "curve": best_so_far(attempts, args.iters),
-        "best_val": result.best_metric,
-        "best_iteration": result.best_iteration,
-        "test": result.test_metric,
-        "test_status": final.get("status"),
-        "best_spec": result.best_spec.read_text(encoding="utf-8"),
-        "trained_runs": sum(
-            1 for a in attempts if not a["cached"] and a["status"] not in ("invalid",)
-        ),
-        "wall_seconds": round(wall, 1),
-        "stopped": result.stopped,
-    }
+        executor.close()
+    return {"runs": runs, "test": test, "best_spec": best[1] if best else ""}
 
 
-def best_so_far(attempts: Sequence[dict[str, Any]], iters: int) -> list[float | None]:
-    """Best validation score after each iteration 0..iters (accepted scores only: the loop
-    accepts exactly the ones that beat the incumbent). A run that stopped early (zero-shot,
-    or an expert out of moves) stays flat."""
+# ---------------------------------------------------------------- one (start, arm, seed)
+
+
+def run_one(start: str, arm: str, seed: int, args: argparse.Namespace) -> dict[str, Any]:
+    folder = Path(args.work) / start / f"seed-{seed}" / arm
+    if folder.exists():
+        shutil.rmtree(folder)  # a run cut short is redone whole
+    spec = spec_copy(start, seed, folder)
+    started = time.monotonic()
+    runner = run_loop_arm if arm in LOOP_ARMS else run_optuna_arm
+    summary = runner(arm, spec, seed, args)
+    summary.update(start=start, arm=arm, seed=seed, wall_seconds=time.monotonic() - started)
+    return summary
+
+
+# ---------------------------------------------------------------- reading the results
+
+
+def best_by_run(runs: Sequence[dict[str, Any]], iters: int) -> list[float | None]:
+    """The best validation score after runs 0..iters (an arm that stopped early stays flat)."""
     curve: list[float | None] = []
     best: float | None = None
     for i in range(iters + 1):
-        for a in attempts:
-            if a["iteration"] == i and a["status"] == "accepted" and a["metric"] is not None:
-                best = a["metric"] if best is None else max(best, a["metric"])
+        for r in runs:
+            if r["run"] == i and r["metric"] is not None:
+                best = r["metric"] if best is None else max(best, r["metric"])
         curve.append(best)
     return curve
 
 
-# ---------------------------------------------------------------- report
+def best_by_seconds(runs: Sequence[dict[str, Any]]) -> list[tuple[float, float]]:
+    """(cumulative training seconds, best score so far) after each run."""
+    points, spent, best = [], 0.0, None
+    for r in sorted(runs, key=lambda r: r["run"]):
+        spent += float(r["seconds"] or 0.0)
+        if r["metric"] is not None:
+            best = r["metric"] if best is None else max(best, r["metric"])
+        if best is not None:
+            points.append((spent, best))
+    return points
 
 
-def _ms(values: Sequence[float]) -> str:
-    if not values:
+def best_at(points: Sequence[tuple[float, float]], seconds: float) -> float | None:
+    """The best score reached within ``seconds`` of training."""
+    within = [b for s, b in points if s <= seconds]
+    return max(within) if within else None
+
+
+def _ms(values: Sequence[float | None]) -> str:
+    real = [100 * v for v in values if v is not None]
+    if not real:
         return "—"
-    mean = statistics.fmean(values)
-    if len(values) == 1:
-        return f"{100 * mean:.1f}"
-    return f"{100 * mean:.1f} ± {100 * statistics.stdev(values):.1f}"
+    if len(real) == 1:
+        return f"{real[0]:.1f}"
+    return f"{statistics.fmean(real):.1f} ± {statistics.stdev(real):.1f}"
 
 
-def _scored(run: dict[str, Any]) -> int:
-    """Candidates after the baseline that reached training (cached ones included)."""
-    return sum(1 for a in run["attempts"] if a["iteration"] > 0 and a["status"] != "invalid")
-
-
-def _cached(run: dict[str, Any]) -> int:
-    return sum(1 for a in run["attempts"] if a["iteration"] > 0 and a["cached"])
-
-
-def report(data: dict[str, Any], out: Path) -> str:
-    """The markdown table (and the PNG plot beside ``out``) of the finished runs."""
-    runs = list(data["runs"].values())
+def report(start: str, data: dict[str, Any], out: Path) -> str:
+    """Markdown tables (equal runs, equal seconds) and a plot for one starting spec."""
     iters = int(data["config"]["iters"])
-    present = [s for s in STRATEGIES if any(r["strategy"] == s for r in runs)]
-    cols = sorted({0, 1, *range(2, iters + 1, 2), iters})
-    head = [
-        "strategy",
-        "seeds",
-        *(f"it {c}" for c in cols),
-        "best val",
-        "test (once)",
-        "candidates (cached)",
-        "wall min",
-    ]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    curves: dict[str, list[list[float]]] = {}
-    for s in present:
-        mine = sorted((r for r in runs if r["strategy"] == s), key=lambda r: r["seed"])
-        per_iter = [
-            [r["curve"][c] for r in mine if r["curve"][c] is not None] for c in range(iters + 1)
-        ]
-        curves[s] = per_iter
-        tests = [r["test"] for r in mine if r["test"] is not None]
-        row = [
-            f"`{s}`",
-            str(len(mine)),
-            *(_ms(per_iter[c]) for c in cols),
-            _ms([r["best_val"] for r in mine if r["best_val"] is not None]),
-            _ms(tests),
-            f"{statistics.fmean(_scored(r) for r in mine):.1f} "
-            f"({statistics.fmean(_cached(r) for r in mine):.1f})",
-            f"{statistics.fmean(r['wall_seconds'] for r in mine) / 60:.1f}",
-        ]
+    runs = data["runs"]
+    arms = [a for a in ARMS if any(r["arm"] == a for r in runs.values())]
+    by_arm = {a: sorted((r for r in runs.values() if r["arm"] == a), key=lambda r: r["seed"])
+              for a in arms}  # fmt: skip
+    cols = sorted({c for c in (0, 1, 2, 3, 4, 5, 7, iters) if c <= iters})
+    head = ["arm", "seeds", *(f"run {c}" for c in cols), "test (once)", "train s"]
+    lines = [f"#### `{start}`: best validation accuracy (%) after N runs, mean ± std", "",
+             "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]  # fmt: skip
+    for arm, mine in by_arm.items():
+        curves = [best_by_run(r["runs"], iters) for r in mine]
+        seconds = [sum(float(x["seconds"] or 0) for x in r["runs"]) for r in mine]
+        row = [f"`{arm}`", str(len(mine)), *(_ms([c[i] for c in curves]) for i in cols),
+               _ms([r["test"] for r in mine]), f"{statistics.fmean(seconds):.0f}"]  # fmt: skip
         lines.append("| " + " | ".join(row) + " |")
-    table = "\n".join(lines) + "\n"
-    _plot(curves, iters, out.with_suffix(".png"), data["config"])
-    return table
+    # Equal compute: each arm's best within the training seconds the cheapest complete arm
+    # (of the searching ones) used, and within half of it.
+    budgets = {a: statistics.fmean(sum(float(x["seconds"] or 0) for x in r["runs"]) for r in m)
+               for a, m in by_arm.items() if a != "zero-shot"}  # fmt: skip
+    if budgets:
+        budget = min(budgets.values())
+        lines += ["", f"Equal compute: best validation (%) within T training seconds "
+                  f"(T = {budget:.0f} s, the least any searching arm used for its runs)", "",
+                  "| arm | T/4 | T/2 | T |", "|---|---|---|---|"]  # fmt: skip
+        for arm, mine in by_arm.items():
+            points = [best_by_seconds(r["runs"]) for r in mine]
+            row = [_ms([best_at(p, budget * f) for p in points]) for f in (0.25, 0.5, 1.0)]
+            lines.append(f"| `{arm}` | " + " | ".join(row) + " |")
+    _plot(start, by_arm, iters, out.with_suffix(".png"))
+    return "\n".join(lines) + "\n"
 
 
-def _plot(
-    curves: dict[str, list[list[float]]], iters: int, path: Path, config: dict[str, Any]
-) -> None:
+def _plot(start: str, by_arm: dict[str, list[dict[str, Any]]], iters: int, path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4.2), dpi=110)
-    for name, per_iter in curves.items():
-        xs = [i for i, v in enumerate(per_iter) if v]
-        means = [100 * statistics.fmean(per_iter[i]) for i in xs]
-        stds = [100 * statistics.stdev(per_iter[i]) if len(per_iter[i]) > 1 else 0.0 for i in xs]
-        (line,) = ax.plot(
-            xs,
-            means,
-            marker="o",
-            markersize=3,
-            label=name,
-            linestyle="--" if name == "zero-shot" else "-",
-        )
-        ax.fill_between(
-            xs,
-            [m - s for m, s in zip(means, stds, strict=True)],
-            [m + s for m, s in zip(means, stds, strict=True)],
-            color=line.get_color(),
-            alpha=0.15,
-        )
-    ax.set_xlabel("iteration (training runs after the baseline)")
-    ax.set_ylabel("best validation accuracy so far (%)")
-    ax.set_title(
-        f"Fashion-MNIST subset {config.get('subset')}: mean ± std over "
-        f"{len(config.get('seeds', []))} seeds",
-        fontsize=10,
-    )
-    ax.set_xticks(range(iters + 1))
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="lower right")
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2), dpi=110)
+    for arm, mine in by_arm.items():
+        curves = [best_by_run(r["runs"], iters) for r in mine]
+        xs = [i for i in range(iters + 1) if all(c[i] is not None for c in curves)]
+        means = [100 * statistics.fmean(c[i] for c in curves) for i in xs]  # type: ignore[misc]
+        style = "--" if arm in ("zero-shot", "random") else "-"
+        (line,) = left.plot(xs, means, marker="o", markersize=3, label=arm, linestyle=style)
+        spent = max(sum(float(x["seconds"] or 0) for x in r["runs"]) for r in mine)
+        grid = [spent * k / 100 for k in range(1, 101)]
+        points = [best_by_seconds(r["runs"]) for r in mine]
+        ys = []
+        for t in grid:
+            values = [best_at(p, t) for p in points]
+            ys.append(100 * statistics.fmean(values) if all(v is not None for v in values)
+                      else float("nan"))  # type: ignore[arg-type]  # fmt: skip
+        right.plot(grid, ys, label=arm, linestyle=style, color=line.get_color())
+    left.set_xlabel("training runs (0 = the starting spec)")
+    right.set_xlabel("cumulative training seconds")
+    for ax in (left, right):
+        ax.set_ylabel("best validation accuracy so far (%), mean over seeds")
+        ax.grid(alpha=0.3)
+    left.legend(fontsize=8, loc="lower right")
+    fig.suptitle(f"{start}: {len(next(iter(by_arm.values())))} seeds", fontsize=10)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
@@ -335,83 +331,59 @@ def _plot(
 # ---------------------------------------------------------------- main
 
 
+def _save(path: Path, data: dict[str, Any]) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data, indent=1), encoding="utf-8")
+    tmp.replace(path)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--iters", type=int, default=10)
+    parser.add_argument("--starts", default=",".join(STARTS))
+    parser.add_argument("--arms", default=",".join(ARMS))
+    parser.add_argument("--iters", type=int, default=10, help="runs after the baseline")
     parser.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1")
-    parser.add_argument("--strategies", default=",".join(STRATEGIES))
-    parser.add_argument(
-        "--subset",
-        type=int,
-        default=None,
-        help="training images in the bench copy (default: the spec's 5000)",
-    )
-    parser.add_argument(
-        "--val-fraction",
-        type=float,
-        default=None,
-        help="validation share in the bench copy (default: the spec's 0.1)",
-    )
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--timeout", type=float, default=240.0, help="seconds per training run")
-    parser.add_argument(
-        "--work",
-        default="/tmp/improve-refine-compare",
-        help="where the spec copies, run folders and cache live",
-    )
-    parser.add_argument("--out", type=Path, default=RESULTS / "refine_compare.json")
-    parser.add_argument("--report", action="store_true", help="only rebuild table and plot")
+    parser.add_argument("--jobs", type=int, default=2, help="(arm, seed) pairs run at once")
+    parser.add_argument("--timeout", type=float, default=300.0, help="seconds per training run")
+    parser.add_argument("--work", default="/tmp/improve-race")
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--report", action="store_true", help="only rebuild tables and plots")
     args = parser.parse_args(argv)
-    strategies = [s.strip() for s in args.strategies.split(",") if s.strip()]
-    unknown = set(strategies) - set(STRATEGIES)
-    if unknown:
-        parser.error(f"unknown strategies {sorted(unknown)}; choose from {STRATEGIES}")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    config = {
-        "iters": args.iters,
-        "seeds": list(range(args.seeds)),
-        "strategies": strategies,
-        "subset": args.subset or 5000,
-        "val_fraction": args.val_fraction or 0.1,
-        "threads": args.threads,
-        "timeout": args.timeout,
-        "machine": f"{platform.processor() or platform.machine()}, "
-        f"{__import__('os').cpu_count()} CPUs, {platform.platform()}",
-        "refinable_blocks": list(registry.REFINABLE_BLOCKS),
-    }
-    data: dict[str, Any] = {"config": config, "runs": {}}
-    if args.out.exists():
-        old = json.loads(args.out.read_text())
-        if args.report or {
-            k: old["config"].get(k) for k in ("iters", "subset", "val_fraction")
-        } == {k: config[k] for k in ("iters", "subset", "val_fraction")}:
-            data["runs"] = old.get("runs", {})
-            if args.report:
-                data["config"] = old["config"]
+    starts = [s for s in args.starts.split(",") if s]
+    arms = [a for a in args.arms.split(",") if a]
+    if set(starts) - set(STARTS) or set(arms) - set(ARMS):
+        parser.error(f"starts are {', '.join(STARTS)}; arms are {', '.join(ARMS)}")
+    args.out.mkdir(parents=True, exist_ok=True)
+    files = {s: args.out / f"race_{s}.json" for s in starts}
+    data: dict[str, dict[str, Any]] = {}
+    for s in starts:
+        old = json.loads(files[s].read_text()) if files[s].exists() else {}
+        data[s] = {"config": old.get("config") or {"iters": args.iters}, "runs": old.get("runs", {})}
     if not args.report:
-        # Seeds outermost: if time runs out, the finished seeds are complete comparisons.
-        for seed in range(args.seeds):
-            for strategy in strategies:
-                key = f"{strategy}/{seed}"
-                if key in data["runs"]:
+        todo = [(s, a, seed) for seed in range(args.seeds) for s in starts for a in arms
+                if f"{a}/{seed}" not in data[s]["runs"]]  # fmt: skip
+        with ProcessPoolExecutor(max_workers=args.jobs) as pool:
+            futures = {pool.submit(run_one, s, a, seed, args): (s, a, seed) for s, a, seed in todo}
+            for future in as_completed(futures):
+                s, a, seed = futures[future]
+                try:
+                    summary = future.result()
+                except Exception as exc:  # one broken arm must not lose the others
+                    print(f"=== {s} {a}/{seed}: FAILED {exc!r}", flush=True)
                     continue
-                print(f"=== {key} ===", flush=True)
-                started = time.monotonic()
-                summary = run_one(strategy, seed, args, sys.stdout)
-                data["runs"][key] = summary
-                data["config"]["updated"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
-                tmp = args.out.with_suffix(".tmp")
-                tmp.write_text(json.dumps(data, indent=1))
-                tmp.replace(args.out)
-                curve = ", ".join("—" if v is None else f"{100 * v:.1f}" for v in summary["curve"])
-                print(
-                    f"=== {key}: curve [{curve}] test {summary['test']} "
-                    f"({time.monotonic() - started:.0f} s)",
-                    flush=True,
-                )
-    table = report(data, args.out)
-    args.out.with_suffix(".md").write_text(table)
-    print(table)
+                data[s]["config"] = {"iters": args.iters, "timeout": args.timeout,
+                                     "cpus": os.cpu_count(), "updated": time.strftime(
+                                         "%Y-%m-%d %H:%M UTC", time.gmtime())}  # fmt: skip
+                data[s]["runs"][f"{a}/{seed}"] = summary
+                _save(files[s], data[s])
+                curve = best_by_run(summary["runs"], args.iters)
+                print(f"=== {s} {a}/{seed}: best {curve[-1]} test {summary['test']} "
+                      f"({summary['wall_seconds']:.0f} s)", flush=True)  # fmt: skip
+    for s in starts:
+        if data[s]["runs"]:
+            table = report(s, data[s], files[s])
+            files[s].with_suffix(".md").write_text(table, encoding="utf-8")
+            print(table)
     return 0
 
 

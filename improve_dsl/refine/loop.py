@@ -24,7 +24,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
-import math
 import shutil
 import statistics
 import time
@@ -48,6 +47,7 @@ from ..journal import (
 )
 from ..syntax import read_spec_text
 from . import edit
+from .decide import Verdict, decide, should_prune
 from .expert import Attempt, Context, Expert, ExpertError, NoMoreMoves, Proposal
 from .gitlog import GitError, git_commit, git_root, uncommitted_change
 from .live import NullReporter, Reporter, RunInfo, Summary
@@ -171,10 +171,31 @@ class Refiner:
                 m if isinstance(m, (int, float)) else None
                 for m in record.extras.get("metrics", [record.metric])
             ]
+            eval_size = record.extras.get("eval_size")
             best = Incumbent(
-                record.iteration, text, record.metric, metrics, self._read_curves(folder)
+                record.iteration,
+                text,
+                record.metric,
+                metrics,
+                self._read_curves(folder),
+                eval_size if isinstance(eval_size, int) else 0,
+                float(record.extras.get("train_seconds") or 0.0),
             )
         return best
+
+    @staticmethod
+    def _incumbent_of(iteration: int, text: str, candidate: Candidate) -> Incumbent:
+        runs = candidate.runs
+        ok = [r for r in runs if r.status == "ok"]
+        return Incumbent(
+            iteration,
+            text,
+            mean_or_none([r.metric for r in ok if r.metric is not None]),
+            [r.metric for r in runs],
+            runs[0].history if runs else [],
+            max((r.eval_size for r in ok), default=0),
+            sum(r.seconds for r in ok) / len(ok) if ok else 0.0,
+        )
 
     @staticmethod
     def _read_curves(folder: Path) -> list[dict[str, Any]]:
@@ -322,9 +343,7 @@ class Refiner:
             extras=extras,
         )
         if ok:
-            self.incumbent = Incumbent(
-                0, self.start_text, metric, list(metrics), runs[0].history if runs else []
-            )
+            self.incumbent = self._incumbent_of(0, self.start_text, candidate)
             self.run.write_best(self.start_text)
         self._record(record)
 
@@ -523,15 +542,7 @@ class Refiner:
                 key = self.cache.key(candidate.script, seed, "val")
                 hit = self.cache.get(key)
                 if hit is not None:
-                    run = SeedRun(
-                        seed,
-                        str(hit.get("status")),
-                        hit.get("metric"),
-                        list(hit.get("history") or []),
-                        hit.get("reason"),
-                        float(hit.get("seconds") or 0.0),
-                        cached=True,
-                    )
+                    run = SeedRun.from_cache(seed, hit)
                     candidate.runs.append(run)
                     out = self._out_dir(candidate, seed)
                     out.mkdir(parents=True, exist_ok=True)
@@ -594,25 +605,24 @@ class Refiner:
         return self.executor.submit(job)
 
     def _watcher(self, candidate: Candidate, seed: int, prune: bool) -> Any:
-        reference = self.incumbent.curve_at(self.metric_key)
+        reference = self.incumbent.measurement(self.metric_key)
         show_seed = seed if len(self.seeds) > 1 else None
-        margin = self.options.prune_margin
+        peak_lr = 0.0
 
         def on_event(event: dict[str, Any]) -> bool:
+            nonlocal peak_lr
             self.reporter.progress(candidate.iteration, show_seed, event)
-            if not prune or not reference or event.get("event") != "epoch":
+            if not prune or event.get("event") != "epoch":
                 return True
-            epoch, epochs = event.get("epoch"), event.get("epochs")
-            value = event.get(self.metric_key)
-            if not isinstance(epoch, int) or not isinstance(value, (int, float)):
+            lr = event.get("lr")
+            if isinstance(lr, (int, float)):
+                peak_lr = max(peak_lr, float(lr))
+            if not should_prune(
+                event, peak_lr, reference, self.metric_key, self.options.prune_margin
+            ):
                 return True
-            # Judge only after a fair start: at least 2 epochs and half of this run's epochs.
-            if epoch < max(2, math.ceil(float(epochs or epoch) / 2)):
-                return True
-            at = max((e for e in reference if e <= epoch), default=None)
-            if at is None or value >= reference[at] - margin:
-                return True
-            candidate.pruned_at = epoch
+            epoch = event.get("epoch")
+            candidate.pruned_at = epoch if isinstance(epoch, int) else None
             return False
 
         return on_event
@@ -625,6 +635,10 @@ class Refiner:
             "metrics": [r.metric for r in candidate.runs],
             "candidate": f"candidates/{candidate.iteration}",
         }
+        ok = [r for r in candidate.runs if r.status == "ok"]
+        if ok:
+            extras["eval_size"] = max(r.eval_size for r in ok)
+            extras["train_seconds"] = round(sum(r.seconds for r in ok) / len(ok), 3)
         if candidate.runs and all(r.cached for r in candidate.runs):
             extras["cached"] = True
         reasons = [r.reason for r in candidate.runs if r.status != "ok" and r.reason]
@@ -638,6 +652,7 @@ class Refiner:
     def _decide(self, round_: Sequence[Candidate]) -> None:
         incumbent = self.incumbent
         outcomes: dict[int, tuple[str, float | None]] = {}
+        verdicts: dict[int, Verdict] = {}
         winners: list[tuple[float, Candidate]] = []
         for candidate in round_:
             if not candidate.valid:
@@ -649,7 +664,9 @@ class Refiner:
                 metric = mean_or_none(ok)
                 assert metric is not None
                 outcomes[candidate.iteration] = ("scored", metric)
-                if self._beats(metric, incumbent):
+                verdict = self._verdict(candidate, incumbent)
+                verdicts[candidate.iteration] = verdict
+                if verdict.keep:
                     winners.append((metric, candidate))
             elif any(r.status == "pruned" for r in runs) and not any(
                 r.status in ("failed", "timeout", "nan", "oom") for r in runs
@@ -678,13 +695,19 @@ class Refiner:
                     outranked_by = best.iteration
             else:
                 status = kind
-            self._finish(candidate, status, metric, incumbent, outranked_by)
+            self._finish(
+                candidate,
+                status,
+                metric,
+                incumbent,
+                outranked_by,
+                verdicts.get(candidate.iteration),
+            )
 
-    def _beats(self, metric: float, incumbent: Incumbent) -> bool:
-        if incumbent.metric is None:
-            return True
-        gain = metric - incumbent.metric
-        return gain > self.options.min_delta and (len(self.seeds) == 1 or gain > incumbent.noise)
+    def _verdict(self, candidate: Candidate, incumbent: Incumbent) -> Verdict:
+        measured = candidate.measurement(self.metric_key)
+        assert measured is not None
+        return decide(measured, incumbent.measurement(self.metric_key), self.options.min_delta)
 
     def _finish(
         self,
@@ -693,9 +716,12 @@ class Refiner:
         metric: float | None,
         incumbent: Incumbent,
         outranked_by: int | None = None,
+        verdict: Verdict | None = None,
     ) -> None:
         proposal = candidate.proposal
         extras = self._extras(candidate) if candidate.valid else {}
+        if verdict is not None:
+            extras["decision"] = verdict.to_json()
         if outranked_by is not None:
             extras["outranked_by"] = outranked_by
             extras["reason"] = (
@@ -721,8 +747,8 @@ class Refiner:
             extras["reply"] = candidate.reply
         if status == "pruned" and candidate.pruned_at is not None:
             extras["reason"] = (
-                f"pruned at epoch {candidate.pruned_at}: more than "
-                f"{self.options.prune_margin:g} below the incumbent"
+                f"pruned at epoch {candidate.pruned_at}: clearly below the incumbent "
+                "(beyond its noise, with little training left to close the gap)"
             )
         if len(self.seeds) > 1 and candidate.runs:
             values = [r.metric for r in candidate.runs if r.metric is not None]
@@ -745,14 +771,7 @@ class Refiner:
         )
         if status == "accepted":
             assert candidate.text is not None and metric is not None
-            runs = candidate.runs
-            self.incumbent = Incumbent(
-                candidate.iteration,
-                candidate.text,
-                metric,
-                [r.metric for r in runs],
-                runs[0].history,
-            )
+            self.incumbent = self._incumbent_of(candidate.iteration, candidate.text, candidate)
             self.exhausted.clear()  # a new incumbent opens new moves
             self.run.write_best(candidate.text)
         self._record(record)

@@ -4,7 +4,6 @@ helpers that turn spec text into a diff and a checked training script."""
 from __future__ import annotations
 
 import difflib
-import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,6 +13,7 @@ from ..journal import (
     ResultCache,
 )
 from ..run import RunResult
+from .decide import Measurement, measurement
 from .expert import Attempt, Proposal
 from .select import Choice
 
@@ -30,9 +30,11 @@ class SeedRun:
     seconds: float
     cached: bool = False
     batch_size: int | None = None  # the batch actually used, after an out-of-memory retry
+    eval_size: int = 0  # validation images it was scored on (0: unknown)
 
     @classmethod
     def of(cls, seed: int, result: RunResult, batch_size: int | None) -> SeedRun:
+        eval_size = (result.start or {}).get("eval_size")
         return cls(
             seed,
             result.status,
@@ -42,6 +44,21 @@ class SeedRun:
             result.seconds,
             False,
             batch_size,
+            eval_size if isinstance(eval_size, int) else 0,
+        )
+
+    @classmethod
+    def from_cache(cls, seed: int, hit: dict[str, Any]) -> SeedRun:
+        eval_size = hit.get("eval_size")
+        return cls(
+            seed,
+            str(hit.get("status")),
+            hit.get("metric"),
+            list(hit.get("history") or []),
+            hit.get("reason"),
+            float(hit.get("seconds") or 0.0),
+            cached=True,
+            eval_size=eval_size if isinstance(eval_size, int) else 0,
         )
 
     def to_cache(self) -> dict[str, Any]:
@@ -51,6 +68,7 @@ class SeedRun:
             "history": self.history,
             "reason": self.reason,
             "seconds": self.seconds,
+            "eval_size": self.eval_size,
         }
 
 
@@ -63,11 +81,18 @@ class Incumbent:
     metric: float | None
     metrics: list[float | None]
     curves: list[dict[str, Any]]
+    eval_size: int = 0
+    seconds: float = 0.0  # training seconds of one run
 
-    @property
-    def noise(self) -> float:
-        values = [m for m in self.metrics if m is not None]
-        return statistics.stdev(values) if len(values) > 1 else 0.0
+    def measurement(self, metric_key: str) -> Measurement | None:
+        """What deciding needs of the incumbent (None before it has a score)."""
+        return measurement(
+            self.metrics if self.metric is not None else [],
+            [self.curves],
+            metric_key,
+            self.eval_size,
+            [self.seconds] if self.seconds else [],
+        )
 
     def curve_at(self, metric_key: str) -> dict[int, float]:
         points: dict[int, float] = {}
@@ -102,6 +127,17 @@ class Candidate:
     @property
     def valid(self) -> bool:
         return self.text is not None
+
+    def measurement(self, metric_key: str) -> Measurement | None:
+        """Its finished seeds' scores, curves and cost, as deciding reads them."""
+        ok = [r for r in self.runs if r.status == "ok"]
+        return measurement(
+            [r.metric for r in ok],
+            [r.history for r in ok],
+            metric_key,
+            max((r.eval_size for r in ok), default=0),
+            [r.seconds for r in ok],
+        )
 
     def attempt(self, incumbent_metric: float | None) -> Attempt:
         """As the expert sees it while it is still running."""

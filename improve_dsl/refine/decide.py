@@ -1,0 +1,181 @@
+"""Keep or revert, and prune or go on: pure functions of measurements and options.
+
+A validation score is a noisy measurement. Two sources are estimated from what a run
+already reports, with no extra training:
+
+- the **sampling noise** of the validation split: a score p measured on n images has a
+  binomial standard error sqrt(p (1 - p) / n);
+- the **training noise**: how much the incumbent's score still swings from epoch to epoch
+  at the end of its run (half the last epoch-to-epoch change, which is small once the
+  learning rate has annealed and large for a constant rate); with several seeds, their
+  spread (the standard error of their mean) takes its place.
+
+They add in quadrature. A change is kept only when it beats the incumbent by more than
+``Z`` times that noise, or by ``min_delta`` if the user asked for more; a change that makes
+every later run costlier must clear a margin raised by ``COST_WEIGHT`` per doubling of the
+cost. A run is pruned only when it is clearly lost: its learning rate has annealed (or most
+of its epochs are done) and it is several noise widths below the incumbent's final score,
+or it trails the incumbent at the same epoch by more than ``prune_margin`` and by several
+times the incumbent's swing.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+Z = 1.0  # noise widths a gain must exceed: a neutral change then passes about 1 time in 6
+COST_WEIGHT = 0.25  # extra margin per doubling of the run time, as a fraction of the margin
+PRUNE_WIDTHS = (
+    3.0  # noise widths below the incumbent's final score that a finished-looking run may trail
+)
+SWING_WIDTHS = 5.0  # swings of the incumbent a still-learning run may trail at the same epoch
+ANNEALED = 0.25  # a learning rate below this share of its peak has annealed
+LATE = 0.75  # the share of epochs after which a run with an unannealed rate is judged anyway
+
+
+@dataclass(frozen=True)
+class Measurement:
+    """What deciding needs to know about one scored spec."""
+
+    metric: float  # the mean validation score over the seeds
+    metrics: tuple[float, ...] = ()  # one score per seed
+    curve: tuple[float, ...] = ()  # the score after each epoch (of the first seed)
+    eval_size: int = 0  # validation images; 0 when unknown
+    seconds: float = 0.0  # training seconds of one run (mean over the seeds)
+
+
+@dataclass(frozen=True)
+class Noise:
+    """The estimated standard error of a score, and its parts."""
+
+    sampling: float
+    training: float
+
+    @property
+    def total(self) -> float:
+        return math.hypot(self.sampling, self.training)
+
+    def to_json(self) -> dict[str, float]:
+        return {
+            "sampling": round(self.sampling, 6),
+            "training": round(self.training, 6),
+            "total": round(self.total, 6),
+        }
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """Whether to keep a change, and the figures that decided it (recorded in the journal)."""
+
+    keep: bool
+    gain: float | None
+    margin: float
+    noise: Noise
+    cost_ratio: float
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "gain": None if self.gain is None else round(self.gain, 6),
+            "margin": round(self.margin, 6),
+            "noise": self.noise.to_json(),
+            "cost_ratio": round(self.cost_ratio, 3),
+        }
+
+
+def swing(curve: Sequence[float]) -> float:
+    """How much the score still moves at the end of a run: half the last epoch's change."""
+    finite = [v for v in curve if math.isfinite(v)]
+    if len(finite) < 2:
+        return 0.0
+    return abs(finite[-1] - finite[-2]) / 2
+
+
+def estimate_noise(incumbent: Measurement) -> Noise:
+    """The standard error of the incumbent's score (see the module docstring)."""
+    p = min(max(incumbent.metric, 0.0), 1.0)
+    sampling = math.sqrt(p * (1 - p) / incumbent.eval_size) if incumbent.eval_size > 0 else 0.0
+    seeds = [m for m in incumbent.metrics if math.isfinite(m)]
+    if len(seeds) > 1:
+        training = statistics.stdev(seeds) / math.sqrt(len(seeds))
+    else:
+        training = swing(incumbent.curve)
+    return Noise(sampling, training)
+
+
+def required_margin(noise: Noise, min_delta: float, cost_ratio: float) -> float:
+    """The gain a change must exceed: the noise (or ``min_delta``), more for costlier runs."""
+    base = max(min_delta, Z * noise.total)
+    if cost_ratio > 1:
+        base *= 1 + COST_WEIGHT * math.log2(cost_ratio)
+    return base
+
+
+def decide(
+    candidate: Measurement, incumbent: Measurement | None, min_delta: float = 0.0
+) -> Verdict:
+    """Keep ``candidate`` over ``incumbent``? Any scored candidate beats no incumbent."""
+    if incumbent is None:
+        return Verdict(True, None, 0.0, Noise(0.0, 0.0), 1.0)
+    noise = estimate_noise(incumbent)
+    cost_ratio = (
+        candidate.seconds / incumbent.seconds
+        if candidate.seconds > 0 and incumbent.seconds > 0
+        else 1.0
+    )
+    margin = required_margin(noise, min_delta, cost_ratio)
+    gain = candidate.metric - incumbent.metric
+    return Verdict(gain > margin, gain, margin, noise, cost_ratio)
+
+
+def measurement(
+    metrics: Sequence[float | None],
+    curves: Sequence[Sequence[Mapping[str, Any]]],
+    metric_key: str,
+    eval_size: int,
+    seconds: Sequence[float],
+) -> Measurement | None:
+    """A Measurement from per-seed results (None when no seed produced a score)."""
+    scores = tuple(float(m) for m in metrics if m is not None)
+    if not scores:
+        return None
+    first = curves[0] if curves else []
+    curve = tuple(
+        float(e[metric_key]) for e in first if isinstance(e.get(metric_key), (int, float))
+    )
+    mean_seconds = sum(seconds) / len(seconds) if seconds else 0.0
+    return Measurement(sum(scores) / len(scores), scores, curve, eval_size, mean_seconds)
+
+
+def should_prune(
+    event: Mapping[str, Any],
+    peak_lr: float,
+    incumbent: Measurement | None,
+    metric_key: str,
+    prune_margin: float,
+) -> bool:
+    """Stop this run now? ``event`` is its latest epoch event, ``peak_lr`` its highest rate so far.
+
+    Never before epoch 2, never without an incumbent to compare with.
+    """
+    if incumbent is None or not incumbent.curve:
+        return False
+    epoch, epochs, value = event.get("epoch"), event.get("epochs"), event.get(metric_key)
+    if not isinstance(epoch, int) or not isinstance(value, (int, float)) or epoch < 2:
+        return False
+    total = epochs if isinstance(epochs, int) and epochs >= epoch else epoch
+    lr = event.get("lr")
+    annealed = isinstance(lr, (int, float)) and peak_lr > 0 and lr <= ANNEALED * peak_lr
+    noise = estimate_noise(incumbent)
+    floor = incumbent.metric - max(PRUNE_WIDTHS * noise.total, 0.01)
+    if (annealed or epoch >= LATE * total) and value < floor:
+        return True  # little is left to gain, and it is well below what the incumbent ended with
+    # Still learning: only a gap far beyond anything the incumbent's own swing explains.
+    reference = incumbent.curve[min(epoch, len(incumbent.curve)) - 1]
+    gap = reference - value
+    return epoch >= max(2, math.ceil(total / 2)) and gap > max(
+        prune_margin, SWING_WIDTHS * swing(incumbent.curve)
+    )

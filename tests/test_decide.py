@@ -1,0 +1,122 @@
+"""The keep-or-revert rule and the prune rule, as tables: no training."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from improve_dsl.refine.decide import (
+    Measurement,
+    decide,
+    estimate_noise,
+    required_margin,
+    should_prune,
+    swing,
+)
+
+FLAT = (0.80, 0.85, 0.88, 0.90, 0.90)  # annealed: the last epoch did not move
+
+
+def m(metric: float, **kw: object) -> Measurement:
+    return Measurement(metric, **kw)  # type: ignore[arg-type]
+
+
+def test_sampling_noise_is_the_binomial_standard_error() -> None:
+    noise = estimate_noise(m(0.9, eval_size=400))
+    assert noise.sampling == pytest.approx(math.sqrt(0.9 * 0.1 / 400))
+    assert noise.training == 0.0
+
+
+def test_training_noise_is_the_last_swing_or_the_seed_spread() -> None:
+    assert swing((0.5, 0.7, 0.6)) == pytest.approx(0.05)
+    assert estimate_noise(m(0.6, curve=(0.5, 0.7, 0.6))).training == pytest.approx(0.05)
+    seeds = estimate_noise(m(0.6, metrics=(0.58, 0.62), curve=(0.5, 0.7, 0.6)))
+    assert seeds.training == pytest.approx(0.02828427 / math.sqrt(2), rel=1e-4)
+
+
+@pytest.mark.parametrize(
+    ("candidate", "incumbent", "min_delta", "keep", "why"),
+    [
+        # 2 images of 3,000 is noise, not progress (the old rule kept this).
+        (m(0.9007), m(0.9, eval_size=3000, curve=FLAT), 0.0, False, "inside sampling noise"),
+        (m(0.92), m(0.9, eval_size=3000, curve=FLAT), 0.0, True, "well beyond the noise"),
+        # A gain that beats the sampling noise but not the incumbent's own swing.
+        (m(0.91), m(0.9, eval_size=3000, curve=(0.8, 0.94, 0.90)), 0.0, False, "swing 2 pts"),
+        # The user's --min-delta raises the bar above the noise.
+        (m(0.92), m(0.9, eval_size=3000, curve=FLAT), 0.03, False, "min-delta 3 pts"),
+        # A change that makes every run 4x slower needs a larger margin...
+        (
+            m(0.9075, seconds=40.0),
+            m(0.9, eval_size=3000, curve=FLAT, seconds=10.0),
+            0.0,
+            False,
+            "costlier",
+        ),
+        # ... which the same gain at equal cost clears.
+        (
+            m(0.9075, seconds=10.0),
+            m(0.9, eval_size=3000, curve=FLAT, seconds=10.0),
+            0.0,
+            True,
+            "same cost",
+        ),
+        # A cheaper change is not penalised.
+        (
+            m(0.9075, seconds=2.0),
+            m(0.9, eval_size=3000, curve=FLAT, seconds=10.0),
+            0.0,
+            True,
+            "cheaper",
+        ),
+        (m(0.3), None, 0.0, True, "anything beats no incumbent"),
+        (m(0.8), m(0.9, eval_size=3000, curve=FLAT), 0.0, False, "worse"),
+    ],
+)
+def test_decide(
+    candidate: Measurement, incumbent: Measurement | None, min_delta: float, keep: bool, why: str
+) -> None:
+    verdict = decide(candidate, incumbent, min_delta)
+    assert verdict.keep is keep, why
+    record = verdict.to_json()
+    assert set(record) == {"gain", "margin", "noise", "cost_ratio"}
+
+
+def test_margin_grows_with_each_doubling_of_cost() -> None:
+    noise = estimate_noise(m(0.9, eval_size=3000, curve=FLAT))
+    one, two, four = (required_margin(noise, 0.0, r) for r in (1.0, 2.0, 4.0))
+    assert one < two < four
+    assert two == pytest.approx(one * 1.25)
+
+
+def epoch(e: int, of: int, value: float, lr: float = 0.1) -> dict[str, object]:
+    return {"event": "epoch", "epoch": e, "epochs": of, "val_accuracy": value, "lr": lr}
+
+
+INCUMBENT = m(0.90, eval_size=3000, curve=(0.70, 0.80, 0.86, 0.90))
+
+
+@pytest.mark.parametrize(
+    ("event", "peak_lr", "prune", "why"),
+    [
+        (epoch(1, 4, 0.10, lr=0.1), 0.1, False, "never at epoch 1"),
+        # A 20-epoch candidate, still at its peak rate, behind an annealed 4-epoch incumbent
+        # by 8 points: the old rule (10 points after half the epochs of a 4-epoch reference)
+        # would judge it against the incumbent's final score; it is still learning.
+        (epoch(4, 20, 0.82, lr=0.1), 0.1, False, "still learning"),
+        (epoch(12, 20, 0.85, lr=0.08), 0.1, False, "half-way, small gap"),
+        # Annealed and clearly below the incumbent's final score: lost.
+        (epoch(3, 4, 0.80, lr=0.01), 0.1, True, "annealed and far below"),
+        (epoch(3, 4, 0.895, lr=0.01), 0.1, False, "annealed but within noise"),
+        # Not annealed but hopeless: far beyond any swing of the incumbent.
+        (epoch(2, 4, 0.30, lr=0.1), 0.1, True, "far below at half-way"),
+        (epoch(3, 4, 0.80, lr=0.1), 0.1, True, "late (75%) and far below"),
+    ],
+)
+def test_should_prune(event: dict[str, object], peak_lr: float, prune: bool, why: str) -> None:
+    assert should_prune(event, peak_lr, INCUMBENT, "val_accuracy", 0.1) is prune, why
+
+
+def test_no_pruning_without_an_incumbent_curve() -> None:
+    assert not should_prune(epoch(3, 4, 0.0, lr=0.0), 0.1, None, "val_accuracy", 0.1)
+    assert not should_prune(epoch(3, 4, 0.0, lr=0.0), 0.1, m(0.9), "val_accuracy", 0.1)
