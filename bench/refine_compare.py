@@ -144,12 +144,16 @@ def run_optuna_arm(arm: str, spec: Path, seed: int, args: argparse.Namespace) ->
             texts = sample(trial, info)
             try:
                 # The first trial is the enqueued starting spec: trained as written.
-                text = start_text if number == 0 else edit.apply_edit(
-                    start_text,
-                    str(spec),
-                    blocks,
-                    "".join(texts[b] for b in blocks),
-                    check_shapes=False,
+                text = (
+                    start_text
+                    if number == 0
+                    else edit.apply_edit(
+                        start_text,
+                        str(spec),
+                        blocks,
+                        "".join(texts[b] for b in blocks),
+                        check_shapes=False,
+                    )
                 )
                 script = compile_script(text, str(spec))
             except (edit.EditError, DiagnosticError) as exc:
@@ -358,7 +362,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     data: dict[str, dict[str, Any]] = {}
     for s in starts:
         old = json.loads(files[s].read_text()) if files[s].exists() else {}
-        data[s] = {"config": old.get("config") or {"iters": args.iters}, "runs": old.get("runs", {})}
+        data[s] = {
+            "config": old.get("config") or {"iters": args.iters},
+            "runs": old.get("runs", {}),
+        }
     if not args.report:
         todo = [(s, a, seed) for seed in range(args.seeds) for s in starts for a in arms
                 if f"{a}/{seed}" not in data[s]["runs"]]  # fmt: skip
