@@ -7,7 +7,8 @@ network and the recipe are written out by hand to match specs/fashion_mnist.imp'
 script (nothing is imported from it):
 
 - ResNet-8, width 32 (CIFAR-style: 3x3 stem, one basic block per stage, widths 32/64/128,
-  1x1 projection shortcuts, Kaiming fan-out init), global average pooling, linear classifier;
+  1x1 projection shortcuts, PyTorch's default init, or Kaiming fan-out with --init kaiming),
+  global average pooling, linear classifier;
 - 2-pixel reflect-padded random crop and horizontal flip;
 - SGD lr 0.1, momentum 0.9, Nesterov, weight decay 5e-4 on weights only (not biases or norm
   scales), one-cycle schedule (20% cosine warm-up from lr/25, cosine decay to lr/25e4,
@@ -98,7 +99,7 @@ class BasicBlock(nn.Module):
 
 
 class ResNet8(nn.Module):
-    def __init__(self, num_classes: int = 10, width: int = 32) -> None:
+    def __init__(self, num_classes: int = 10, width: int = 32, kaiming: bool = False) -> None:
         super().__init__()
         self.stem = nn.Sequential(
             nn.Conv2d(1, width, 3, padding=1, bias=False), nn.BatchNorm2d(width), nn.ReLU(True)
@@ -109,8 +110,8 @@ class ResNet8(nn.Module):
             BasicBlock(2 * width, 4 * width, 2),
         )
         self.classifier = nn.Linear(4 * width, num_classes)
-        for module in self.modules():
-            if isinstance(module, nn.Conv2d):
+        for module in self.modules():  # by default PyTorch's own initialisation, as most scripts
+            if kaiming and isinstance(module, nn.Conv2d):
                 nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
 
     def forward(self, x: Tensor) -> Tensor:
@@ -179,6 +180,7 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--width", type=int, default=32, help="ResNet-8 width (the spec's: 32)")
+    parser.add_argument("--init", choices=("default", "kaiming"), default="default")
     parser.add_argument("--data-root", type=Path, default=DATA)
     parser.add_argument(
         "--train-index",
@@ -209,7 +211,11 @@ def main() -> None:
     )
 
     memory_format = torch.channels_last if cuda else torch.contiguous_format
-    model = ResNet8(width=args.width).to(device).to(memory_format=memory_format)
+    model = (
+        ResNet8(width=args.width, kaiming=args.init == "kaiming")
+        .to(device)
+        .to(memory_format=memory_format)
+    )
     params = list(model.parameters())
     optimizer = torch.optim.SGD(
         [
