@@ -22,10 +22,11 @@ import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
+from ..fmt import call, literal
 from ..ir import Op, Spec
 from ..registry import ParamValue
 from . import recipes
-from .recipes import DataInfo, call, literal
+from .recipes import DataInfo
 
 FAILED = ("rejected", "invalid", "failed", "pruned", "cached", "pending")
 

@@ -25,20 +25,9 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from .. import registry
+from ..fmt import call
 from ..ir import Op, Spec
-from ..registry import ParamValue
-
-# channels, image size, classes, images in the training split (before the validation split)
-_SOURCES: dict[str, tuple[int, int, int, int]] = {
-    "digits": (1, 8, 10, 1797),
-    "mnist": (1, 28, 10, 60000),
-    "fashion_mnist": (1, 28, 10, 60000),
-    "cifar10": (3, 32, 10, 50000),
-    "cifar100": (3, 32, 100, 50000),
-    "svhn": (3, 32, 10, 73257),
-}
-# Digits and house numbers change meaning (or become non-digits) when mirrored.
-_NO_FLIPS = ("digits", "mnist", "svhn")
 
 SGD_LR_PER_256 = 0.1
 SGD_MOMENTUM = 0.9
@@ -66,18 +55,27 @@ class DataInfo:
 
 
 def data_info(spec: Spec) -> DataInfo:
-    """Channels, size, classes and training-set size of the spec's data source."""
+    """Channels, size, classes and training-set size of the spec's data source (from the
+    registry's facts; a folder's from its parameters, with 5,000 images assumed)."""
     source = spec.data.source
-    channels, size, classes, count = _SOURCES.get(source.name, (3, 32, 10, 5000))
-    if source.name == "image_folder":
+    facts = registry.dataset_facts(source.name)
+    if facts is not None:
+        channels, size, classes, count = (
+            facts.channels,
+            facts.image_size,
+            facts.num_classes,
+            facts.train_count,
+        )
+    else:
         channels = int(source.params.get("channels") or 3)  # type: ignore[arg-type]
         size = int(source.params.get("image_size") or 32)  # type: ignore[arg-type]
+        classes, count = 10, 5000
     fraction = spec.data.validation.params.get("fraction", 0.1)
     count = int(count * (1.0 - float(fraction or 0.1)))  # type: ignore[arg-type]
     subset = source.params.get("subset")  # a subset of the training split
     if isinstance(subset, int):
         count = min(count, subset)
-    return DataInfo(source.name, channels, size, classes, count, source.name not in _NO_FLIPS)
+    return DataInfo(source.name, channels, size, classes, count, registry.flips_safe(source.name))
 
 
 def target_steps(info: DataInfo) -> int:
@@ -142,32 +140,3 @@ def augment_recipe(info: DataInfo) -> list[str]:
     if info.flips_ok:
         ops.append(call("horizontal_flip", {"p": 0.5}))
     return ops
-
-
-# ---------------------------------------------------------------- .imp text of values
-
-
-def _num(value: float) -> str:
-    text = f"{value:.4g}"
-    return text if any(c in text for c in ".en") else text + ".0"
-
-
-def literal(value: ParamValue) -> str:
-    """A Python value as .imp text."""
-    if value is None:
-        return "none"
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int):
-        return str(value)
-    if isinstance(value, float):
-        return _num(value)
-    if isinstance(value, tuple):
-        return "[" + ", ".join(literal(v) for v in value) + "]"
-    return value  # enum choices are bare names
-
-
-def call(name: str, params: dict[str, ParamValue] | None = None) -> str:
-    """``name(key = value, ...)``, leaving out parameters that are not set."""
-    args = ", ".join(f"{k} = {literal(v)}" for k, v in (params or {}).items() if v is not None)
-    return f"{name}({args})"
