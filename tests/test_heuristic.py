@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from improve_dsl import diff, registry, syntax, validate
+from improve_dsl.journal import sha256_text
 from improve_dsl.refine import edit, recipes
 from improve_dsl.refine.diagnose import diagnose
 from improve_dsl.refine.expert import Attempt, Context, NoMoreMoves, Selection
@@ -232,6 +233,8 @@ def test_trust_regions_grow_after_a_kept_step_and_shrink_after_a_refused_one() -
     grown = region([attempt(1, "train", "accepted", "train.lr:down*2")])("train.lr")
     assert grown.factor == 4.0 and grown.preferred == "down"
     assert grown.steps()[0] == ("down", 0.25)
+    # A step back is smaller, so it never lands on the spec the kept step left.
+    assert grown.steps()[1] == ("up", pytest.approx(2**0.5))
     shrunk = region([attempt(1, "train", "rejected", "train.lr:up*2")])("train.lr")
     assert shrunk.factor == pytest.approx(2**0.5)
     # After a refusal the other direction is still open, and the smaller step is a new move.
@@ -243,6 +246,21 @@ def test_trust_regions_grow_after_a_kept_step_and_shrink_after_a_refused_one() -
     ]
     assert "train.lr:up*1.41" in ids and "train.lr:down*1.41" in ids
     assert "train.lr:up*2" not in ids
+
+
+def test_a_move_whose_spec_was_already_trained_is_skipped() -> None:
+    expert = HeuristicExpert()
+    first = expert.propose(context())
+    merged = edit.apply_edit(DIGITS, "d.imp", ("train",), first.text)
+    again = expert.propose(context(tried=frozenset({sha256_text(merged)})))
+    assert again.move != first.move
+
+
+def test_a_recipe_is_applied_once() -> None:
+    history = [attempt(1, "train", "accepted", "train.recipe")]
+    assert "train.recipe" not in [
+        m.id for m in HeuristicExpert().moves(context(history=history), "train")
+    ]
 
 
 def test_same_context_same_proposal() -> None:

@@ -118,15 +118,17 @@ def add_refine(verbs: Verbs) -> None:
         type=int,
         default=1,
         metavar="K",
-        help="train each candidate with K seeds; keep it only if its mean beats the "
-        "incumbent by more than the seed noise (default 1)",
+        help="train each candidate with K seeds; their spread then measures the noise a "
+        "change must beat (default 1: the last epoch's swing does)",
     )
     p.add_argument(
         "--min-delta",
         type=float,
         default=0.0,
         metavar="D",
-        help="a change is kept only if it gains more than D (default 0)",
+        help="a change is kept only if it gains more than D and more than the noise of the "
+        "measurement (validation size, epoch-to-epoch swing), more for costlier runs "
+        "(default 0: the noise alone)",
     )
     p.add_argument(
         "--parallel",
@@ -164,8 +166,9 @@ def add_refine(verbs: Verbs) -> None:
         dest="prune",
         action="store_const",
         const=False,
-        help="never stop a candidate early (default: stop one that falls more than "
-        "0.1 below the incumbent at the same epoch, after half its epochs)",
+        help="never stop a candidate early (default: stop one whose learning rate has "
+        "annealed well below the incumbent's score, or that trails it by more than 0.1 "
+        "and five epoch-to-epoch swings after half its epochs)",
     )
     p.add_argument("--device", type=common.device, help="auto (default), cpu, cuda or cuda:N")
     p.add_argument("--threads", type=int, metavar="N", help="CPU threads per training run")

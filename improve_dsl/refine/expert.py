@@ -42,6 +42,7 @@ class Context:
     elapsed_seconds: float = 0.0  # spent so far on this run
     max_cost: float | None = None  # --max-cost, in dollars
     spent_usd: float = 0.0  # what the expert has cost so far
+    tried: frozenset[str] = frozenset()  # sha256 of every spec already trained in this run
 
 
 @dataclass(frozen=True)

@@ -25,7 +25,9 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from .. import fmt, syntax, validate
+from ..diagnostics import DiagnosticError
 from ..ir import Spec
+from ..journal import sha256_text
 from . import edit
 from .diagnose import Diagnosis, diagnose
 from .expert import Attempt, Context, NoMoreMoves, Proposal, Selection
@@ -136,6 +138,14 @@ class HeuristicExpert:
             for move_id in _move_ids(attempt)
         }
         refused |= self._refused
+        # A recipe is applied once: after it, the fields it set are the trust regions' to move.
+        refused |= {
+            move_id
+            for attempt in context.history
+            if attempt.status == "accepted"
+            for move_id in _move_ids(attempt)
+            if ".recipe" in move_id
+        }
         region = self._regions(context.history)
         headroom = 1.0 - (context.incumbent_metric if context.incumbent_metric else 0.0)
         seconds = train_seconds(context.curves)
@@ -158,6 +168,27 @@ class HeuristicExpert:
         scored.sort(key=lambda item: (item[0], item[1]))
         return [r for _, _, r in scored]
 
+    def untried(self, context: Context, blocks: Sequence[str]) -> list[Ranked]:
+        """``ranked``, less the moves whose spec was already trained in this run (a step
+        back to an earlier incumbent, a recipe already applied): a repeat costs an
+        iteration and can only return the same score."""
+        kept: list[Ranked] = []
+        for ranked in self.ranked(context, blocks):
+            text = apply_changes(context.spec_text, ranked.move.block, ranked.move.changes)
+            try:
+                merged = edit.apply_edit(
+                    context.spec_text,
+                    context.spec_path,
+                    (ranked.move.block,),
+                    text,
+                    check_shapes=False,
+                )
+            except (edit.EditError, DiagnosticError):
+                continue  # a move this spec cannot take (the loop would refuse it too)
+            if sha256_text(merged) not in context.tried:
+                kept.append(ranked)
+        return kept
+
     def moves(self, context: Context, block: str) -> list[Move]:
         """The moves for ``block`` not refused against this incumbent, best first."""
         return [r.move for r in self.ranked(context, (block,))]
@@ -166,7 +197,7 @@ class HeuristicExpert:
 
     def select(self, context: Context, candidates: Sequence[str]) -> Selection | None:
         """The block of the best move over all candidate blocks (None: nothing left)."""
-        ranked = self.ranked(context, candidates)
+        ranked = self.untried(context, candidates)
         if not ranked:
             return None
         best = ranked[0]
@@ -186,7 +217,7 @@ class HeuristicExpert:
         texts: list[str] = []
         chosen: list[Ranked] = []
         for block in context.blocks:
-            ranked = self.ranked(context, (block,))
+            ranked = self.untried(context, (block,))
             if ranked:
                 chosen.append(ranked[0])
                 texts.append(apply_changes(context.spec_text, block, ranked[0].move.changes))

@@ -244,6 +244,7 @@ class Refiner:
             elapsed_seconds=self.elapsed,
             max_cost=self.options.max_cost,
             spent_usd=self.spent,
+            tried=frozenset(r.spec_sha256 for r in self.records if r.spec_sha256),
         )
 
     # ------------------------------------------------------------ the whole run

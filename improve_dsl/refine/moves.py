@@ -63,31 +63,41 @@ class TrustRegion:
     factor: float
     preferred: str  # "up", "down" or ""
     smallest: float
+    back: float = 0.0  # after a kept step, the (smaller) factor of a step back
 
     @classmethod
     def read(
         cls, name: str, outcomes: Sequence[tuple[str, bool]], start: float, largest: float
     ) -> TrustRegion:
-        factor, preferred, smallest = start, "", 1.25
+        factor, preferred, smallest, back = start, "", 1.25, 0.0
         for move_id, kept in outcomes:
             head, _, direction = move_id.partition(":")
             if head != name:
                 continue
             direction = direction.split("*")[0]
             if kept:
+                # Going on grows the step; going back halves it (in log terms), so a step
+                # back never returns exactly to the spec the kept step left.
+                back = max(math.sqrt(factor), smallest)
                 factor, preferred = min(factor * factor, largest), direction
             else:
-                factor = max(math.sqrt(factor), smallest)
-        return cls(factor, preferred, smallest)
+                factor, back = max(math.sqrt(factor), smallest), 0.0
+        return cls(factor, preferred, smallest, back)
+
+    def size(self, direction: str) -> float:
+        """The step factor in ``direction``."""
+        if self.back and self.preferred and direction != self.preferred:
+            return self.back
+        return self.factor
 
     def steps(self) -> list[tuple[str, float]]:
         """(direction, multiplier) pairs, the preferred direction first."""
         order = ("down", "up") if self.preferred == "down" else ("up", "down")
-        return [(d, self.factor if d == "up" else 1 / self.factor) for d in order]
+        return [(d, self.size(d) if d == "up" else 1 / self.size(d)) for d in order]
 
     def weight(self, start: float, direction: str) -> float:
         """Smaller steps promise less; the preferred direction more."""
-        size = math.log(self.factor) / math.log(start)
+        size = math.log(self.size(direction)) / math.log(start)
         return size * (1.5 if direction == self.preferred else 1.0)
 
 
@@ -185,7 +195,7 @@ def _train_moves(spec: Spec, info: DataInfo, regions: Regions) -> list[Move]:
         )
         moves.append(
             Move(
-                _step_id("train.lr", direction, regions("train.lr").factor),
+                _step_id("train.lr", direction, regions("train.lr").size(direction)),
                 "train",
                 {"optimizer": op_text(opt, lr=lr)},
                 f"step the learning rate {direction} ({opt.number('lr'):g} → {lr:g})",
@@ -202,7 +212,7 @@ def _train_moves(spec: Spec, info: DataInfo, regions: Regions) -> list[Move]:
             continue
         moves.append(
             Move(
-                _step_id("train.weight_decay", direction, region.factor),
+                _step_id("train.weight_decay", direction, region.size(direction)),
                 "train",
                 {"optimizer": op_text(opt, weight_decay=value)},
                 f"step the weight decay {direction} ({decay:g} → {value:g})",
@@ -217,7 +227,7 @@ def _train_moves(spec: Spec, info: DataInfo, regions: Regions) -> list[Move]:
             continue
         moves.append(
             Move(
-                _step_id("train.epochs", direction, region.factor),
+                _step_id("train.epochs", direction, region.size(direction)),
                 "train",
                 {"epochs": str(epochs)},
                 f"train {epochs} epochs instead of {t.epochs}",
@@ -303,8 +313,9 @@ def _model_moves(spec: Spec, info: DataInfo, regions: Regions) -> list[Move]:
                     else f"a {name} is the wrong inductive bias or trains slowly on "
                 )
                 + f"images: use {recipe}, a batch-normalised CNN sized to the images and the data",
-                0.15 if small else 0.5 if arch is None or arch.name == "mlp" else 0.3,
+                0.25 if small else 0.5 if arch is None or arch.name == "mlp" else 0.3,
                 cost=3.0,
+                fits=UNDERFIT,
             )
         )
     width = _width(arch) if arch is not None else None
@@ -325,7 +336,7 @@ def _model_moves(spec: Spec, info: DataInfo, regions: Regions) -> list[Move]:
                     continue
             moves.append(
                 Move(
-                    _step_id(f"model.width@{arch.name}", direction, region.factor),
+                    _step_id(f"model.width@{arch.name}", direction, region.size(direction)),
                     "model",
                     {"arch": op_text(arch, **{key: new})},
                     f"{'widen' if direction == 'up' else 'narrow'} the {arch.name} "
@@ -474,7 +485,7 @@ def _data_moves(spec: Spec, info: DataInfo, regions: Regions) -> list[Move]:
             continue
         moves.append(
             Move(
-                _step_id("data.batch", direction, region.factor),
+                _step_id("data.batch", direction, region.size(direction)),
                 "data",
                 {"batch_size": str(new)},
                 f"{'halve' if direction == 'down' else 'double'} the batch ({batch} → {new}): "
