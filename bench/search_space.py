@@ -2,7 +2,7 @@
 
 Optuna's samplers (TPE, random) search exactly the fields and ranges the heuristic expert's
 moves and recipes can produce (improve_dsl/refine/moves.py, recipes.py): batch size; MLP,
-batch-normalised CNN (2 stages for images of 12 pixels or less, else 3) and ResNet-8/14
+batch-normalised CNN (2 stages, or 3 for images over 12 pixels) and ResNet-8/14
 (images of 16 pixels or more); width; dropout; epochs 1-40; SGD (momentum, Nesterov) or
 AdamW with learning rate and weight decay on log scales; constant, one-cycle or cosine
 schedules; label smoothing; EMA; translate or crop, flips (only where label-safe),
@@ -23,7 +23,7 @@ from improve_dsl.refine.recipes import DataInfo, call
 
 BATCH_SIZES = (16, 32, 64, 128, 256)
 SMALL_CNN = ("16,32", "32,64", "64,128")
-CNN = ("16,32,64", "32,64,128", "64,128,256")
+CNN = ("16,32", "32,64", "16,32,64", "32,64,128", "64,128,256")
 MLP_WIDTHS = (32, 64, 128, 256, 512, 1024)
 RESNET = ("8,16", "8,32", "14,16")
 EPOCHS = (1, 40)
