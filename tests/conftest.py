@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import signal
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -33,3 +34,58 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         default=False,
         help="rewrite tests/golden/ from the current templates instead of comparing with it",
     )
+
+
+# ---------------------------------------------------------------- one trained model
+#
+# `improve predict` and `improve export` need a finished run; one tiny digits CNN, trained
+# once per session by the real runner, serves both.
+
+TINY_DIGITS_SPEC = """\
+pipeline tiny_digits {
+  metric = accuracy
+  seed = 0
+}
+
+data {
+  source = digits()
+  validation = holdout(fraction = 0.2)
+  batch_size = 32
+}
+
+augment {
+  ops = []
+}
+
+model {
+  arch = cnn(channels = [16, 32])
+}
+
+train {
+  epochs = 6
+  optimizer = adamw(lr = 0.003)
+  schedule = constant()
+  loss = cross_entropy()
+}
+
+eval {
+  tta = []
+}
+"""
+
+
+@pytest.fixture(scope="session")
+def digits_run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The folder of a finished `improve run` of a tiny digits CNN (model.pt, train.py)."""
+    from improve_dsl.compiler import compile_spec
+    from improve_dsl.run import run_script
+
+    work = tmp_path_factory.mktemp("digits run")
+    spec = work / "tiny_digits.imp"
+    spec.write_text(TINY_DIGITS_SPEC)
+    out = work / "run"
+    out.mkdir()
+    (out / "train.py").write_text(compile_spec(spec).script)
+    result = run_script(out / "train.py", out, device="cpu", threads=1)
+    assert result.status == "ok", result.reason
+    return out

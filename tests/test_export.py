@@ -1,7 +1,7 @@
 """``improve export``: a trained run's model as ONNX (run in onnxruntime) and TorchScript.
 
-One tiny digits model is trained once for the module by the real runner; real digit images
-go through the exported files and must get the trained model's predictions.
+The tiny digits model conftest trains once per session (by the real runner) is exported; real
+digit images go through the exported files and must get the trained model's predictions.
 """
 
 from __future__ import annotations
@@ -16,44 +16,13 @@ import torch
 from PIL import Image
 
 from improve_dsl.cli import main
-from improve_dsl.compiler import compile_spec
 from improve_dsl.predict import load_image, load_run
-from improve_dsl.run import run_script
-
-SPEC = """\
-pipeline tiny_digits {
-  metric = accuracy
-  seed = 0
-}
-
-data {
-  source = digits()
-  validation = holdout(fraction = 0.2)
-  batch_size = 32
-}
-
-model {
-  arch = cnn(channels = [8, 16])
-}
-
-train {
-  epochs = 2
-  optimizer = adamw(lr = 0.01)
-}
-"""
 
 
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    work = tmp_path_factory.mktemp("export")
-    spec = work / "tiny_digits.imp"
-    spec.write_text(SPEC)
-    out = work / "run"
-    out.mkdir()
-    (out / "train.py").write_text(compile_spec(spec, check_shapes=False).script)
-    result = run_script(out / "train.py", out, device="cpu", threads=1)
-    assert result.status == "ok", result.reason
-    return out
+def run_dir(digits_run_dir: Path) -> Path:
+    """A tiny digits CNN trained once for the session (conftest), shared with test_predict."""
+    return digits_run_dir
 
 
 @pytest.fixture(scope="module")

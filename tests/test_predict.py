@@ -1,6 +1,6 @@
 """``improve predict``: a finished run's model classifies image files as in training.
 
-One tiny digits model is trained once for the module (a compiled spec run by the runner);
+One tiny digits model is trained once for the session (conftest: a compiled spec run by the runner);
 images are written as PNG files the way the digits loader scales them, so a model that was
 preprocessed differently at prediction time would visibly lose accuracy.
 """
@@ -15,55 +15,13 @@ import pytest
 from PIL import Image
 
 from improve_dsl.cli import main
-from improve_dsl.compiler import compile_spec
 from improve_dsl.predict import PredictError, predict
-from improve_dsl.run import run_script
-
-SPEC = """\
-pipeline tiny_digits {
-  metric = accuracy
-  seed = 0
-}
-
-data {
-  source = digits()
-  validation = holdout(fraction = 0.2)
-  batch_size = 32
-}
-
-augment {
-  ops = []
-}
-
-model {
-  arch = cnn(channels = [16, 32])
-}
-
-train {
-  epochs = 6
-  optimizer = adamw(lr = 0.003)
-  schedule = constant()
-  loss = cross_entropy()
-}
-
-eval {
-  tta = []
-}
-"""
 
 
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    work = tmp_path_factory.mktemp("predict")
-    spec = work / "tiny_digits.imp"
-    spec.write_text(SPEC)
-    compiled = compile_spec(spec)
-    out = work / "run"
-    out.mkdir()
-    (out / "train.py").write_text(compiled.script)
-    result = run_script(out / "train.py", out, device="cpu", threads=1)
-    assert result.status == "ok", result.reason
-    return out
+def run_dir(digits_run_dir: Path) -> Path:
+    """A tiny digits CNN trained once for the session (conftest)."""
+    return digits_run_dir
 
 
 @pytest.fixture(scope="module")
