@@ -237,6 +237,9 @@ IMAGE_EXTENSIONS = (
 WORKERS = min(8, os.cpu_count() or 1)  # processes decoding images into the cache
 CACHE_FORMAT = 1  # raised when the cache's layout changes, so that older caches are rebuilt
 PREFETCH = 4  # batches read ahead of training when they stream from the cache
+# Pixels sampled for the normalisation statistics: a few million values are plenty, and 4,096
+# large images would take gigabytes once converted to floats.
+STATISTICS_BYTES = 2**23
 
 
 def decode_image(path: str) -> Tensor | None:
@@ -622,7 +625,9 @@ class Split:
         return Split(self.cache, self.rows, self.labels.to(device), images, device)
 
     def pixels(self, count: int) -> Tensor:
-        """Up to `count` images spread evenly over the split (for pixel statistics)."""
+        """Up to `count` images spread evenly over the split (for pixel statistics), and no
+        more than STATISTICS_BYTES of them."""
+        count = min(count, max(1, STATISTICS_BYTES // (CHANNELS * IMAGE_SIZE * IMAGE_SIZE)))
         index = torch.linspace(0, len(self) - 1, min(count, len(self))).long()
         if self.images is not None:
             return self.images[index.to(self.images.device)]
