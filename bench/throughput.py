@@ -81,7 +81,12 @@ def run(command: list[str], label: str) -> tuple[dict[str, Any], float]:
 
 
 def compiled_script(
-    spec: Path, subset: int | None, work: Path, width: int | None, precision: str | None
+    spec: Path,
+    subset: int | None,
+    work: Path,
+    width: int | None,
+    precision: str | None,
+    compile_model: bool = False,
 ) -> tuple[Path, int, str]:
     """The spec with subset= (and the ResNet's width and the precision, where given) set,
     compiled by `improve compile`; the script, and the width and precision it trains with."""
@@ -108,8 +113,14 @@ def compiled_script(
     if width_found is None:
         raise SystemExit(f"{spec}: the baseline is a ResNet-8; expected `resnet(depth = 8, ...)`")
     final_precision = precision_found.group(1) if precision_found else "auto"
-    if final_precision not in ("auto", "bf16"):
-        raise SystemExit(f"{spec}: precision {final_precision}: the baseline has auto and bf16")
+    if final_precision not in ("auto", "bf16", "fp32"):
+        raise SystemExit(
+            f"{spec}: precision {final_precision}: the baseline has auto, bf16 and fp32"
+        )
+    if compile_model:
+        text, count = re.subn(r"(\n  precision = \w+\n)", r"\1  compile = true\n", text)
+        if count != 1:
+            raise SystemExit(f"{spec}: expected a `precision = P` line to add compile = true")
     bench_spec = work / "bench.imp"
     bench_spec.write_text(text, encoding="utf-8")
     script = work / "train.py"
@@ -157,7 +168,7 @@ def prepare(args: argparse.Namespace, work: Path) -> Setup:
     """The spec compiled with the bench's settings, and its training images saved for the
     baseline."""
     script, width, precision = compiled_script(
-        args.spec, args.subset, work, args.width, args.precision
+        args.spec, args.subset, work, args.width, args.precision, args.compile
     )
     compiled = import_file(script, "bench_compiled_train")
     train_index, train_size = training_images(compiled, work)
@@ -245,6 +256,8 @@ def one_seed(
         str(setup.width),
         "--train-index",
         str(setup.train_index),
+        *(("--compile",) if args.compile else ()),
+        *(("--data-root", os.environ["IMPROVE_DATA"]) if os.environ.get("IMPROVE_DATA") else ()),
     ]
     baseline, baseline_wall = run(baseline_command, f"torchvision, seed {seed}")
     return [
@@ -280,7 +293,7 @@ def main() -> None:
     )
     parser.add_argument(
         "--precision",
-        choices=("auto", "bf16"),
+        choices=("auto", "bf16", "fp32"),
         default=None,
         help="the precision for both scripts (default: the spec's); auto is fp32 on the CPU, "
         "bf16 trains under bf16 autocast on CUDA and on CPUs with native bf16",
@@ -288,6 +301,10 @@ def main() -> None:
     parser.add_argument(
         "--no-pipelines", action="store_true", help="skip timing the data pipelines alone"
     )
+    parser.add_argument(
+        "--compile", action="store_true", help="torch.compile the model in both scripts"
+    )
+    parser.add_argument("--json", type=Path, help="also write the runs and the ratio here")
     args = parser.parse_args()
 
     runs: list[tuple[int, str, dict[str, Any], float]] = []
@@ -342,6 +359,22 @@ def main() -> None:
             f"data pipeline alone, images/s: compiled {pipe_compiled:,.0f}, torchvision "
             f"DataLoader {pipe_baseline:,.0f} ({pipe_compiled / pipe_baseline:.1f}x)"
         )
+    if args.json is not None:
+        summary = {
+            "spec": str(args.spec),
+            "precision": setup.precision,
+            "compile": args.compile,
+            "device": args.device,
+            "epochs": args.epochs,
+            "subset": args.subset,
+            "runs": [
+                {"seed": seed, "script": name, "wall_seconds": wall, **result}
+                for seed, name, result, wall in runs
+            ],
+            "ratio": statistics.fmean(ratios),
+            "test_accuracy_delta_points": delta,
+        }
+        args.json.write_text(json.dumps(summary, indent=2) + "\n")
 
 
 if __name__ == "__main__":

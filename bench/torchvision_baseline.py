@@ -16,7 +16,8 @@ script (nothing is imported from it):
 - a stratified 10% of the training files held out (unused), a stratified subset of the rest
   with --subset (the same images whatever --seed, which seeds the weights and the order),
   normalisation from training pixels, flip test-time augmentation;
-- --precision auto: bf16 autocast on CUDA, fp32 on the CPU; bf16: bf16 autocast on both.
+- --precision auto: bf16 autocast on CUDA, fp32 on the CPU; bf16: bf16 autocast on both;
+  fp32: no autocast anywhere; --compile: torch.compile the model (as `compile = true`).
 
 It prints one JSON line: {"images_per_second", "seconds", "test_accuracy", ...}. "seconds" is
 the time of the training loop over all epochs (batches fetched, augmented and trained on), not
@@ -190,11 +191,12 @@ def main() -> None:
     )
     parser.add_argument(
         "--precision",
-        choices=("auto", "bf16"),
+        choices=("auto", "bf16", "fp32"),
         default="auto",
         help="as the spec's: auto is bf16 autocast on CUDA and fp32 on the CPU; bf16 is bf16 "
-        "autocast on both",
+        "autocast on both; fp32 never autocasts",
     )
+    parser.add_argument("--compile", action="store_true", help="torch.compile the model")
     args = parser.parse_args()
     device = torch.device(
         ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
@@ -236,7 +238,8 @@ def main() -> None:
         final_div_factor=1e4,
     )
     criterion = nn.CrossEntropyLoss(label_smoothing=LABEL_SMOOTHING)
-    bf16 = cuda or args.precision == "bf16"
+    forward = torch.compile(model) if args.compile else model
+    bf16 = args.precision == "bf16" or (cuda and args.precision == "auto")
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
 
     seen = 0
@@ -247,7 +250,7 @@ def main() -> None:
             inputs = inputs.to(device, non_blocking=True)
             targets = targets.to(device, non_blocking=True)
             with autocast:
-                loss = criterion(model(inputs).float(), targets)
+                loss = criterion(forward(inputs).float(), targets)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -262,7 +265,7 @@ def main() -> None:
     with torch.no_grad(), autocast:
         for inputs, targets in DataLoader(test_set, batch_size=512, num_workers=args.workers):
             inputs, targets = inputs.to(device), targets.to(device)
-            logits = (model(inputs).float() + model(inputs.flip(3)).float()) / 2  # flip TTA
+            logits = (forward(inputs).float() + forward(inputs.flip(3)).float()) / 2  # flip TTA
             correct += int((logits.argmax(1) == targets).sum())
     print(
         json.dumps(

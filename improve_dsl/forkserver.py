@@ -68,6 +68,12 @@ def wanted() -> bool:
     return sys.platform == "linux" and os.environ.get("IMPROVE_FORK_SERVER", "1") != "0"
 
 
+def forced() -> bool:
+    """Whether the user asks for it where it is off by default, for runs on a GPU
+    (``IMPROVE_FORK_SERVER=always``; bench/gpu.py measures whether that is safe and faster)."""
+    return wanted() and os.environ.get("IMPROVE_FORK_SERVER") == "always"
+
+
 class ForkServer:
     """A helper process that imports ``preload`` once and forks a child per run.
 

@@ -57,7 +57,8 @@ class LocalExecutor(Executor):
 
     ``gpus`` (default: detected for ``device``) are handed out one per running job;
     ``threads`` per job default to the CPU cores divided between the slots. ``fork_server``
-    (default: on for CPU runs on Linux unless ``IMPROVE_FORK_SERVER=0``) starts the scripts
+    (default: on for CPU runs on Linux unless ``IMPROVE_FORK_SERVER=0``; on GPU runs too with
+    ``IMPROVE_FORK_SERVER=always``) starts the scripts
     as forks of a process that has imported torch already.
     """
 
@@ -88,7 +89,7 @@ class LocalExecutor(Executor):
         self._handles: list[LocalHandle] = []
         on_cpu = device == "cpu" or (device == "auto" and not self.gpus)
         if fork_server is None:
-            fork_server = on_cpu and forkserver.wanted()
+            fork_server = (on_cpu and forkserver.wanted()) or forkserver.forced()
         self._fork_server: forkserver.ForkServer | None = None
         if fork_server:
             with contextlib.suppress(OSError):  # without one, runs start the ordinary way
