@@ -118,9 +118,9 @@ def events(output: str) -> list[dict[str, Any]]:
     return [json.loads(line) for line in output.splitlines() if line.startswith("{")]
 
 
-def spec_variant(source: Path, target: Path, **changes: str) -> Path:
+def spec_variant(original: Path, target: Path, **changes: str) -> Path:
     """A copy of a spec with fields replaced (`name = value` lines) or added to train {}."""
-    text = source.read_text(encoding="utf-8")
+    text = original.read_text(encoding="utf-8")
     for name, value in changes.items():
         text, count = re.subn(rf"(?m)^(\s*){name} = .*$", rf"\g<1>{name} = {value}", text)
         if count == 0:

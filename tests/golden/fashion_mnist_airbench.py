@@ -51,7 +51,7 @@ METRIC = "accuracy"  # the score maximised on the validation split
 SEED = 0  # seed of initialisation and data order
 
 # data
-# folder holding the dataset files (default: $IMPROVE_DATA or the usual system location)
+# the dataset's folder, relative to the spec's (default: $IMPROVE_DATA or the system location)
 DATA_ROOT = None
 DOWNLOAD = False  # download the dataset with torchvision when missing
 VALIDATION_FRACTION = 0.02  # share of the training images held out
