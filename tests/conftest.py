@@ -1,9 +1,23 @@
-"""Shared pytest options and fixtures."""
+"""Shared pytest options, fixtures and helpers.
+
+Helpers the test modules share (import them with ``from conftest import ...``):
+``improve_env`` and ``run_improve`` start the real ``improve`` in a subprocess (kept for the
+one test per exit-code path, and for what needs a process: signals, Ctrl-C, a fresh import);
+the ``improve`` fixture calls the same command line in-process, which costs no interpreter
+start or torch import; ``load_script`` imports a generated training script as a module.
+"""
 
 from __future__ import annotations
 
+import importlib.util
+import itertools
+import os
 import signal
-from collections.abc import Iterator
+import subprocess
+import sys
+import types
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -89,3 +103,97 @@ def digits_run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     result = run_script(out / "train.py", out, device="cpu", threads=1)
     assert result.status == "ok", result.reason
     return out
+
+
+# ---------------------------------------------------------------- running `improve`
+
+
+def improve_env(**extra: str) -> dict[str, str]:
+    """This environment without OpenAI settings (so the offline expert is the default), plus
+    ``extra``."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OPENAI_")}
+    env.update(extra)
+    return env
+
+
+def run_improve(
+    *args: str,
+    cwd: Path | None = None,
+    env: dict[str, str] | None = None,
+    timeout: float = 300,
+) -> subprocess.CompletedProcess[str]:
+    """``improve ARGS`` in a real process (``python -m improve_dsl.cli``), output captured."""
+    return subprocess.run(
+        [sys.executable, "-m", "improve_dsl.cli", *args],
+        cwd=cwd,
+        env=improve_env() if env is None else env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+@dataclass(frozen=True)
+class CliResult:
+    """What ``improve`` returned and printed, the same fields as ``CompletedProcess``."""
+
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+ImproveCall = Callable[..., CliResult]
+
+
+@pytest.fixture
+def improve(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> ImproveCall:
+    """``improve(*args, cwd=None, **env)``: the command line called in this process.
+
+    ``cwd`` becomes the working folder and ``env`` is set for the call; OpenAI settings are
+    removed, as for ``run_improve``.
+    """
+    from improve_dsl import cli
+
+    def call(*args: str, cwd: Path | None = None, **env: str) -> CliResult:
+        for key in [k for k in os.environ if k.startswith("OPENAI_")]:
+            monkeypatch.delenv(key)
+        for key, value in env.items():
+            monkeypatch.setenv(key, value)
+        if cwd is not None:
+            monkeypatch.chdir(cwd)
+        capsys.readouterr()  # drop what came before
+        code = cli.main(list(args))
+        out, err = capsys.readouterr()
+        return CliResult(code, out, err)
+
+    return call
+
+
+# ---------------------------------------------------------------- generated scripts
+
+_modules = itertools.count()
+
+
+def load_script(script: str | Path) -> types.ModuleType:
+    """Import a generated script (its text, or a file) as a module; its ``main`` does not run.
+
+    The module is registered in ``sys.modules`` while it executes, as dataclasses look their
+    module up there.
+    """
+    path = Path(script) if isinstance(script, Path) else None
+    name = f"generated_train_{next(_modules)}"
+    if path is not None:
+        spec = importlib.util.spec_from_file_location(name, path)
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+        return module
+    module = types.ModuleType(name)
+    sys.modules[name] = module
+    try:
+        exec(compile(str(script), "train.py", "exec"), module.__dict__)
+    finally:
+        del sys.modules[name]
+    return module

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from conftest import ImproveCall, run_improve
 
 from improve_dsl import cli, registry
 
@@ -15,22 +15,13 @@ ROOT = Path(__file__).resolve().parent.parent
 DIGITS = ROOT / "specs" / "digits.imp"
 
 
-def _improve(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "improve_dsl.cli", *args],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-
-
-def test_help_lists_every_verb() -> None:
-    proc = _improve("--help")
+def test_help_lists_every_verb(improve: ImproveCall) -> None:
+    proc = run_improve("--help")  # the real program: exit 0
     assert proc.returncode == 0
     verbs = cli.build_parser()._subparsers._group_actions[0].choices  # type: ignore[union-attr]
     for verb in verbs:
         assert verb in proc.stdout
-        sub = _improve(verb, "--help")
+        sub = improve(verb, "--help")
         assert sub.returncode == 0 and "usage: improve " + verb in sub.stdout
 
 
@@ -40,14 +31,14 @@ def test_no_verb_prints_help_and_exits_2(capsys: pytest.CaptureFixture[str]) -> 
 
 
 def test_bad_flag_exits_2_without_traceback() -> None:
-    proc = _improve("check", "--bogus", str(DIGITS))
+    proc = run_improve("check", "--bogus", str(DIGITS))  # the real program: exit 2
     assert proc.returncode == 2
     assert "unrecognized arguments: --bogus" in proc.stderr
     assert "Traceback" not in proc.stderr
 
 
-def test_missing_file_is_a_located_error(tmp_path: Path) -> None:
-    proc = _improve("check", str(tmp_path / "nope.imp"))
+def test_missing_file_is_a_located_error(tmp_path: Path, improve: ImproveCall) -> None:
+    proc = improve("check", str(tmp_path / "nope.imp"))
     assert proc.returncode == 2
     assert "nope.imp: error: cannot read the spec: No such file or directory" in proc.stderr
 
@@ -108,13 +99,7 @@ def test_the_built_parser_is_cached_privately_and_a_broken_cache_is_rebuilt(
     env = dict(os.environ, XDG_CACHE_HOME=str(tmp_path / "cache"))
 
     def check() -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [sys.executable, "-m", "improve_dsl.cli", "check", spec],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
+        return run_improve("check", spec, env=env, timeout=120)  # a fresh process: no memo
 
     first = check()
     assert first.returncode == 0, first.stderr
