@@ -31,6 +31,8 @@ from typing import Any
 # read it from here). Only "accepted" changes the incumbent.
 STATUSES = ("accepted", "rejected", "invalid", "failed", "pruned", "cached")
 NOT_ACCEPTED = tuple(s for s in STATUSES if s != "accepted")
+# Not a journal status: how an expert sees a candidate of the current round still training.
+PENDING = "pending"
 # The fields every journal record has, in this order; anything else goes into ``extras``.
 RECORD_FIELDS = (
     "iteration",

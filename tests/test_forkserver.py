@@ -152,6 +152,7 @@ def test_without_a_server_the_run_starts_the_ordinary_way_and_says_so(tmp_path: 
     assert "started without the fork server" in result.log_path.read_text()
 
 
+@pytest.mark.slow
 def test_a_compiled_script_trains_the_same_forked_or_not(tmp_path: Path) -> None:
     script = tmp_path / "train.py"
     script.write_text(compile_spec(REPO / "specs" / "digits.imp", check_shapes=False).script)

@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import functools
 import sys
-import types
 import urllib.error
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
+from conftest import load_script
 from PIL import Image
 from torch import nn
 
@@ -48,17 +48,6 @@ def compiled(model: str, source: str = "digits()") -> tuple[SpecAST, Spec, str]:
     ast = parse(spec_text(model, source), "t.imp")
     spec = validate(ast)
     return ast, spec, render_script(spec)
-
-
-def load_script(script: str) -> types.ModuleType:
-    """Import the generated script from its source (its main must not run)."""
-    module = types.ModuleType("generated_train")
-    sys.modules[module.__name__] = module  # dataclasses look their module up there
-    try:
-        exec(compile(script, "train.py", "exec"), module.__dict__)
-    finally:
-        del sys.modules[module.__name__]
-    return module
 
 
 def build(model: str, source: str = "digits()", device: str = "meta") -> nn.Module:

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import improve_env, run_improve
 
 from improve_dsl.executors import TrainJob, make_executor
 from improve_dsl.executors.ray_executor import MISSING_RAY, RayExecutor
@@ -213,6 +214,7 @@ def test_unreachable_cluster_is_one_line_at_once(tmp_path: Path) -> None:
     assert not (tmp_path / "digits.improve").exists()
 
 
+@pytest.mark.slow
 def test_jobs_run_as_tasks_and_results_land_in_out_dir(cluster: str, tmp_path: Path) -> None:
     # Each run holds after its first epoch until the test has seen that epoch's event.
     gate = tmp_path / "gate"
@@ -267,6 +269,7 @@ def test_jobs_run_as_tasks_and_results_land_in_out_dir(cluster: str, tmp_path: P
     assert starts[0]["pid"] != starts[1]["pid"]
 
 
+@pytest.mark.slow
 def test_slots_bound_the_tasks_on_the_cluster(cluster: str, tmp_path: Path) -> None:
     script = fake_script(tmp_path, epochs=2, sleep=0.2)
     times: dict[str, float] = {}
@@ -286,6 +289,7 @@ def test_slots_bound_the_tasks_on_the_cluster(cluster: str, tmp_path: Path) -> N
     assert times["second:start"] > times["first:result"]
 
 
+@pytest.mark.slow
 def test_pruning_stops_the_task(cluster: str, tmp_path: Path) -> None:
     script = fake_script(tmp_path, epochs=20, sleep=0.5)
     job = TrainJob(
@@ -301,6 +305,7 @@ def test_pruning_stops_the_task(cluster: str, tmp_path: Path) -> None:
     wait_until_gone()
 
 
+@pytest.mark.slow
 def test_killed_training_process_is_a_failed_result(cluster: str, tmp_path: Path) -> None:
     slow = fake_script(tmp_path, epochs=40, sleep=0.25, name="slow.py")
     quick = fake_script(tmp_path, epochs=3, sleep=0.2, name="quick.py")
@@ -318,6 +323,7 @@ def test_killed_training_process_is_a_failed_result(cluster: str, tmp_path: Path
     wait_until_gone()
 
 
+@pytest.mark.slow
 def test_lost_worker_is_retried_once(cluster: str, tmp_path: Path) -> None:
     script = fake_script(tmp_path, epochs=8, sleep=0.25)
     with make_executor("ray") as executor:
@@ -331,6 +337,7 @@ def test_lost_worker_is_retried_once(cluster: str, tmp_path: Path) -> None:
     wait_until_gone()
 
 
+@pytest.mark.slow
 def test_worker_lost_twice_is_a_failed_result(cluster: str, tmp_path: Path) -> None:
     script = fake_script(tmp_path, epochs=40, sleep=0.25)
     with make_executor("ray") as executor:
@@ -347,6 +354,7 @@ def test_worker_lost_twice_is_a_failed_result(cluster: str, tmp_path: Path) -> N
     wait_until_gone()
 
 
+@pytest.mark.slow
 def test_cancel_all_interrupts_running_and_queued_tasks(cluster: str, tmp_path: Path) -> None:
     script = fake_script(tmp_path, epochs=100, sleep=0.2)
     with make_executor("ray", parallel=2, threads=1) as executor:
@@ -362,6 +370,7 @@ def test_cancel_all_interrupts_running_and_queued_tasks(cluster: str, tmp_path: 
     wait_until_gone()
 
 
+@pytest.mark.slow
 def test_large_model_stays_behind_with_a_note(cluster: str, tmp_path: Path) -> None:
     script = fake_script(tmp_path, epochs=1, sleep=0.0, model=3 * 2**20)
     executor = RayExecutor(1, model_limit=2**20)
@@ -375,6 +384,7 @@ def test_large_model_stays_behind_with_a_note(cluster: str, tmp_path: Path) -> N
     assert "model.pt (3.0 MiB) was not copied back" in result.log_path.read_text()
 
 
+@pytest.mark.slow
 def test_driver_data_location_reaches_the_worker(
     cluster: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -385,6 +395,7 @@ def test_driver_data_location_reaches_the_worker(
     assert result.start is not None and result.start["data"] == str(tmp_path / "data")
 
 
+@pytest.mark.slow
 def test_unreadable_script_is_a_failed_result(cluster: str, tmp_path: Path) -> None:
     with make_executor("ray") as executor:
         result = executor.wait(executor.submit(TrainJob(tmp_path / "gone.py", tmp_path / "o")))
@@ -405,6 +416,7 @@ print(json.dumps({"starts": starts, "cpus": executor.num_cpus, "gpus": executor.
 """
 
 
+@pytest.mark.slow
 def test_each_task_gets_one_gpu_of_its_own(cluster: str, tmp_path: Path) -> None:
     # A cluster of its own that declares two (logical) GPUs: Ray hands one to each task.
     script = fake_script(tmp_path, epochs=2, sleep=0.5)
@@ -424,6 +436,7 @@ def test_each_task_gets_one_gpu_of_its_own(cluster: str, tmp_path: Path) -> None
     assert all(start["threads"] is None for start in report["starts"])
 
 
+@pytest.mark.slow
 def test_gpu_request_on_a_cpu_cluster_is_one_line(cluster: str) -> None:
     with pytest.raises(RuntimeError, match="the Ray cluster has none"):
         make_executor("ray", device="cuda")
@@ -434,15 +447,8 @@ def _json_lines(path: Path) -> list[dict[str, Any]]:
 
 
 def _improve(*args: str, timeout: float = 240) -> subprocess.CompletedProcess[str]:
-    env = dict(os.environ, RAY_AUTH_MODE="disabled")
-    return subprocess.run(
-        [sys.executable, "-m", "improve_dsl.cli", *args],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
+    env = improve_env(RAY_AUTH_MODE="disabled")
+    return run_improve(*args, cwd=REPO, env=env, timeout=timeout)
 
 
 # ---------------------------------------------------------------- `improve refine` end to end

@@ -1,15 +1,19 @@
-"""`improve refine` end to end: real training on digits (seconds per run), real git."""
+"""`improve refine` end to end: real training on digits (seconds per run), real git.
+
+The first test (a real two-iteration refine and the final test run, called in-process) is in
+the fast tier; the others train for many runs and are marked slow: ``test_loop.py`` checks the
+same loop logic against a fake executor in the fast tier.
+"""
 
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import ImproveCall, run_improve
 
 from improve_dsl import diff, validate
 from improve_dsl.journal import RECORD_FIELDS, RunDir
@@ -26,25 +30,6 @@ DECENT = WEAK.replace(
     "sgd(lr = 0.01, momentum = 0.0, nesterov = false, weight_decay = 0.0)",
     "sgd(lr = 0.05, momentum = 0.9, nesterov = true, weight_decay = 0.0)",
 ).replace("mlp(width = 32, depth = 1)", "mlp(width = 64, depth = 1)")
-
-
-def _env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("OPENAI_")}
-    env.update(extra)
-    return env
-
-
-def improve(
-    *args: str, cwd: Path, timeout: float = 600, **env: str
-) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "improve_dsl.cli", *args],
-        cwd=cwd,
-        env=_env(**env),
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
 
 
 def write_spec(folder: Path, text: str, name: str = "weak.imp") -> Path:
@@ -83,7 +68,9 @@ def check_accepted_changes(run: RunDir) -> int:
 # ---------------------------------------------------------------- the quickstart, offline
 
 
-def test_heuristic_refinement_lifts_the_weak_digits_spec(tmp_path: Path) -> None:
+def test_heuristic_refinement_lifts_the_weak_digits_spec(
+    tmp_path: Path, improve: ImproveCall
+) -> None:
     spec = write_spec(tmp_path, WEAK)
     done = improve("refine", str(spec), "--iters", "2", cwd=tmp_path)
     assert done.returncode == 0, done.stderr
@@ -112,6 +99,7 @@ def test_heuristic_refinement_lifts_the_weak_digits_spec(tmp_path: Path) -> None
 # ---------------------------------------------------------------- statuses
 
 
+@pytest.mark.slow
 def test_invalid_rejected_cached_pruned_and_accepted_attempts(tmp_path: Path) -> None:
     spec = write_spec(tmp_path, DECENT)
     worse = "train {\n  epochs = 1\n  optimizer = sgd(lr = 0.05)\n}\n"
@@ -161,11 +149,14 @@ def test_invalid_rejected_cached_pruned_and_accepted_attempts(tmp_path: Path) ->
     assert check_accepted_changes(RunDir(result.run_dir)) == 1
 
 
+@pytest.mark.slow
 def test_a_failing_run_is_recorded_and_the_loop_goes_on(tmp_path: Path) -> None:
     # 1,000 epochs cannot finish within the 1 s limit, however fast the runs start.
     slow = WEAK.replace("epochs = 3", "epochs = 1000")
     spec = write_spec(tmp_path, slow)
-    done = improve("refine", str(spec), "--iters", "2", "--timeout", "1", "--no-test", cwd=tmp_path)
+    done = run_improve(
+        "refine", str(spec), "--iters", "2", "--timeout", "1", "--no-test", cwd=tmp_path
+    )
     assert done.returncode == 1, done.stderr
     assert "no candidate finished" in done.stderr and "Traceback" not in done.stderr
     records = run_dir_of(spec).records()
@@ -181,6 +172,7 @@ def test_a_failing_run_is_recorded_and_the_loop_goes_on(tmp_path: Path) -> None:
 # ---------------------------------------------------------------- seeds, strategies, limits
 
 
+@pytest.mark.slow
 def test_seeds_run_in_parallel_and_are_all_recorded(tmp_path: Path) -> None:
     spec = write_spec(tmp_path, WEAK)
     options = RefineOptions(iters=1, expert="heuristic", seeds=2, parallel=2, test=False)
@@ -195,6 +187,7 @@ def test_seeds_run_in_parallel_and_are_all_recorded(tmp_path: Path) -> None:
     assert "std" in result.records[1].extras
 
 
+@pytest.mark.slow
 def test_zero_shot_is_one_all_blocks_proposal(tmp_path: Path) -> None:
     spec = write_spec(tmp_path, WEAK)
     result = refine(
@@ -205,6 +198,7 @@ def test_zero_shot_is_one_all_blocks_proposal(tmp_path: Path) -> None:
     assert len(changed) >= 2
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("limit", [{"max_cost": 0.0}, {"budget_minutes": 1e-4}])
 def test_cost_and_time_limits_stop_cleanly(tmp_path: Path, limit: dict[str, float]) -> None:
     spec = write_spec(tmp_path, WEAK)
@@ -227,6 +221,7 @@ class _EditsSpecMidRun(NullReporter):
             self.spec.write_text("# mine\n" + self.spec.read_text())
 
 
+@pytest.mark.slow
 def test_a_spec_the_user_edits_mid_run_is_left_alone(tmp_path: Path) -> None:
     spec = write_spec(tmp_path, WEAK)
     result: RefineResult = refine(
@@ -246,6 +241,7 @@ def _git(*args: str, cwd: Path) -> str:
     ).stdout
 
 
+@pytest.mark.slow
 def test_git_commits_each_accepted_change_and_only_the_spec(tmp_path: Path) -> None:
     _git("init", "-q", cwd=tmp_path)
     _git("config", "user.email", "t@example.com", cwd=tmp_path)
@@ -257,7 +253,7 @@ def test_git_commits_each_accepted_change_and_only_the_spec(tmp_path: Path) -> N
     _git("commit", "-q", "-m", "start", cwd=tmp_path)
     notes.write_text("two\n")
     _git("add", "notes.txt", cwd=tmp_path)  # staged work of the user's, not ours to commit
-    done = improve("refine", str(spec), "--iters", "1", "--git", "--no-test", cwd=tmp_path)
+    done = run_improve("refine", str(spec), "--iters", "1", "--git", "--no-test", cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     accepted = check_accepted_changes(run_dir_of(spec))
     commits = _git("log", "--format=%H", cwd=tmp_path).split()
@@ -272,7 +268,7 @@ def test_git_commits_each_accepted_change_and_only_the_spec(tmp_path: Path) -> N
     assert _git("status", "--porcelain", "--", "weak.imp", cwd=tmp_path) == ""
 
 
-def test_git_outside_a_repository_is_a_clear_error(tmp_path: Path) -> None:
+def test_git_outside_a_repository_is_a_clear_error(tmp_path: Path, improve: ImproveCall) -> None:
     spec = write_spec(tmp_path, WEAK)
     done = improve(
         "refine", str(spec), "--git", cwd=tmp_path, GIT_CEILING_DIRECTORIES=str(tmp_path.parent)
@@ -282,7 +278,7 @@ def test_git_outside_a_repository_is_a_clear_error(tmp_path: Path) -> None:
     assert not (tmp_path / "weak.improve").exists()
 
 
-def test_refine_help_names_every_flag() -> None:
+def test_refine_help_names_every_flag(improve: ImproveCall) -> None:
     done = improve("refine", "--help", cwd=ROOT)
     assert done.returncode == 0
     for flag in (

@@ -10,11 +10,10 @@ from __future__ import annotations
 import argparse
 import math
 import re
-import sys
-import types
 from pathlib import Path
 
 import pytest
+from conftest import load_script
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -208,13 +207,7 @@ def test_digits_counts_are_the_split_the_script_makes() -> None:
     assert sum(facts.train_class_counts) == len(target)
     per_class = [int((target == c).sum()) for c in range(10)]
     assert tuple(per_class) == facts.train_class_counts
-    script = render_script(load_text(_spec(), "t.imp"))
-    module = types.ModuleType("generated_digits")
-    sys.modules[module.__name__] = module  # dataclasses look their module up there
-    try:
-        exec(compile(script, "train.py", "exec"), module.__dict__)  # our compiler's output
-    finally:
-        del sys.modules[module.__name__]
+    module = load_script(render_script(load_text(_spec(), "t.imp")))
     train, test, _ = module.load_source()  # digits reads no folder: no root argument
     assert (len(train.labels), len(test.labels)) == (facts.train_count, facts.test_count)
 

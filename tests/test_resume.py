@@ -1,4 +1,8 @@
-"""Killing `improve refine` and resuming it: no finished attempt lost, none repeated."""
+"""Killing `improve refine` and resuming it: no finished attempt lost, none repeated.
+
+The kill and Ctrl-C tests run real refines in real processes and are marked slow;
+``test_loop.py`` checks interrupting and resuming in-process against a fake executor.
+"""
 
 from __future__ import annotations
 
@@ -11,21 +15,20 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+from conftest import ImproveCall, improve_env, run_improve
+
 from improve_dsl.journal import RunDir, read_journal
 
 ROOT = Path(__file__).resolve().parent.parent
 WEAK = (ROOT / "specs" / "digits.imp").read_text().replace("epochs = 4", "epochs = 3")
 
 
-def _env() -> dict[str, str]:
-    return {k: v for k, v in os.environ.items() if not k.startswith("OPENAI_")}
-
-
 def _start(*args: str, cwd: Path) -> subprocess.Popen[str]:
     return subprocess.Popen(
         [sys.executable, "-m", "improve_dsl.cli", "refine", *args],
         cwd=cwd,
-        env=_env(),
+        env=improve_env(),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -71,16 +74,10 @@ def _alive(pid: int) -> bool:
 
 
 def _resume(run: RunDir, *extra: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "improve_dsl.cli", "refine", "--resume", str(run.path), *extra],
-        cwd=cwd,
-        env=_env(),
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
+    return run_improve("refine", "--resume", str(run.path), *extra, cwd=cwd, timeout=900)
 
 
+@pytest.mark.slow
 def test_sigkill_mid_run_then_resume_loses_and_repeats_nothing(tmp_path: Path) -> None:
     spec = tmp_path / "weak.imp"
     spec.write_text(WEAK)
@@ -110,6 +107,7 @@ def test_sigkill_mid_run_then_resume_loses_and_repeats_nothing(tmp_path: Path) -
     assert spec.read_text() == run.best_spec.read_text()
 
 
+@pytest.mark.slow
 def test_ctrl_c_saves_the_state_and_says_how_to_resume(tmp_path: Path) -> None:
     spec = tmp_path / "weak.imp"
     spec.write_text(WEAK)
@@ -137,14 +135,9 @@ def test_ctrl_c_saves_the_state_and_says_how_to_resume(tmp_path: Path) -> None:
     assert [r.iteration for r in records] == list(range(interrupted + 1))
 
 
-def test_resume_of_a_folder_that_is_not_a_run_is_a_clear_error(tmp_path: Path) -> None:
-    done = subprocess.run(
-        [sys.executable, "-m", "improve_dsl.cli", "refine", "--resume", str(tmp_path)],
-        cwd=tmp_path,
-        env=_env(),
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+def test_resume_of_a_folder_that_is_not_a_run_is_a_clear_error(
+    tmp_path: Path, improve: ImproveCall
+) -> None:
+    done = improve("refine", "--resume", str(tmp_path), cwd=tmp_path)
     assert done.returncode == 2
     assert "not a run directory" in done.stderr and "Traceback" not in done.stderr

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import ImproveCall, improve_env, run_improve
 
 from improve_dsl.forkserver import ForkServer
 from improve_dsl.run import RunResult, read_metrics, run_script
@@ -333,21 +334,17 @@ eval {
 """
 
 
-def _improve(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "improve_dsl.cli", *args],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        cwd=cwd,
-        env=dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1"),
-    )
+def _threads_env() -> dict[str, str]:
+    return improve_env(PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
 
 
-def test_improve_run_trains_and_writes_the_run_directory(tmp_path: Path) -> None:
+def test_improve_run_trains_and_writes_the_run_directory(
+    tmp_path: Path, improve: ImproveCall
+) -> None:
     spec = tmp_path / "digits.imp"
     spec.write_text(DIGITS)
-    proc = _improve("run", "digits.imp", "--device", "cpu", "--seed", "3", cwd=tmp_path)
+    args = ("run", "digits.imp", "--device", "cpu", "--seed", "3")
+    proc = improve(*args, cwd=tmp_path, OMP_NUM_THREADS="1")
     assert proc.returncode == 0, proc.stderr
     (run_dir,) = (tmp_path / "digits.improve" / "runs").iterdir()  # the default place
     for name in ("train.py", "spec.imp", "log", "metrics.json", "model.pt"):
@@ -363,9 +360,12 @@ def test_improve_run_trains_and_writes_the_run_directory(tmp_path: Path) -> None
     assert "epoch 4/4" in proc.stderr and "1150 training images" in proc.stderr
 
 
-def test_improve_evaluate_scores_the_test_split_once_and_says_so(tmp_path: Path) -> None:
+def test_improve_evaluate_scores_the_test_split_once_and_says_so(
+    tmp_path: Path, improve: ImproveCall
+) -> None:
     (tmp_path / "digits.imp").write_text(DIGITS)
-    proc = _improve("evaluate", "digits.imp", "--out", "final", "--device", "cpu", cwd=tmp_path)
+    args = ("evaluate", "digits.imp", "--out", "final", "--device", "cpu")
+    proc = improve(*args, cwd=tmp_path, OMP_NUM_THREADS="1")
     assert proc.returncode == 0, proc.stderr
     metrics = read_metrics(tmp_path / "final")
     assert metrics["split"] == "test" and "test_accuracy" in metrics
@@ -375,9 +375,11 @@ def test_improve_evaluate_scores_the_test_split_once_and_says_so(tmp_path: Path)
     assert "untouched test split" in proc.stdout
 
 
-def test_a_spec_with_errors_exits_2_and_trains_nothing(tmp_path: Path) -> None:
+def test_a_spec_with_errors_exits_2_and_trains_nothing(
+    tmp_path: Path, improve: ImproveCall
+) -> None:
     (tmp_path / "bad.imp").write_text(DIGITS.replace("epochs = 4", "epochz = 4"))
-    proc = _improve("run", "bad.imp", cwd=tmp_path)
+    proc = improve("run", "bad.imp", cwd=tmp_path)
     assert proc.returncode == 2
     assert "bad.imp:" in proc.stderr and "epochz" in proc.stderr
     assert "Traceback" not in proc.stderr
@@ -392,15 +394,18 @@ def test_a_spec_with_errors_exits_2_and_trains_nothing(tmp_path: Path) -> None:
         (["--seed", "x"], "'x' is not a whole number"),
     ],
 )
-def test_bad_flags_exit_2(tmp_path: Path, flags: list[str], words: str) -> None:
+def test_bad_flags_exit_2(
+    tmp_path: Path, flags: list[str], words: str, improve: ImproveCall
+) -> None:
     (tmp_path / "digits.imp").write_text(DIGITS)
-    proc = _improve("run", "digits.imp", *flags, cwd=tmp_path)
+    proc = improve("run", "digits.imp", *flags, cwd=tmp_path)
     assert proc.returncode == 2 and words in proc.stderr
 
 
 def test_a_failed_run_exits_1_with_a_one_line_reason(tmp_path: Path) -> None:
     (tmp_path / "digits.imp").write_text(DIGITS.replace("epochs = 4", "epochs = 500"))
-    proc = _improve("run", "digits.imp", "--out", "r", "--timeout", "4", cwd=tmp_path)
+    args = ("run", "digits.imp", "--out", "r", "--timeout", "4")
+    proc = run_improve(*args, cwd=tmp_path, env=_threads_env())  # the real program: exit 1
     assert proc.returncode == 1
     assert "improve: error: the run failed (timeout): stopped after the time limit of 4 s" in (
         proc.stderr
@@ -427,7 +432,7 @@ def test_ctrl_c_stops_improve_run_cleanly(tmp_path: Path) -> None:
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
-        env=dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1"),
+        env=_threads_env(),
     )
     assert proc.stderr is not None
     for line in proc.stderr:  # wait until training is under way

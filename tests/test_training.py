@@ -9,7 +9,6 @@ once); a few run the script as a real program. Every run uses one thread: on a s
 from __future__ import annotations
 
 import gzip
-import importlib.util
 import itertools
 import json
 import math
@@ -24,6 +23,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+from conftest import load_script
 from PIL import Image
 
 from improve_dsl import registry
@@ -91,19 +91,8 @@ def write_script(tmp_path: Path, text: str) -> Path:
     return path
 
 
-def import_script(path: Path) -> ModuleType:
-    """Import a generated script as a module (nothing trains until main is called)."""
-    name = f"generated_{path.stem}_{next(_counter)}"
-    spec = importlib.util.spec_from_file_location(name, path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module  # dataclasses look their module up while it is imported
-    spec.loader.exec_module(module)
-    return module
-
-
 def script_module(tmp_path: Path, **overrides: str) -> ModuleType:
-    return import_script(write_script(tmp_path, spec_text(**overrides)))
+    return load_script(write_script(tmp_path, spec_text(**overrides)))
 
 
 class Run:
@@ -177,7 +166,7 @@ def test_digits_script_runs_as_a_program(tmp_path: Path) -> None:
     saved = torch.load(out / "model.pt", weights_only=True)
     assert saved["class_names"] == [str(d) for d in range(10)]
     assert saved["input_size"] == [1, 8, 8] and len(saved["mean"]) == len(saved["std"]) == 1
-    module = import_script(script)
+    module = load_script(script)
     model = module.build_model(1, 10, 8)
     model.load_state_dict(saved["state_dict"])
     assert model(torch.zeros(5, 1, 8, 8)).shape == (5, 10)
@@ -396,7 +385,7 @@ def all_ops_module(tmp_path_factory: pytest.TempPathFactory) -> ModuleType:
     ops = ", ".join(f"{name}()" for name in AUGMENT_OPS)
     tta = "horizontal_flip, vertical_flip, translate(pixels = 1)"
     text = spec_text(ops=ops, tta=tta, metric="balanced_accuracy")
-    return import_script(write_script(tmp_path_factory.mktemp("ops"), text))
+    return load_script(write_script(tmp_path_factory.mktemp("ops"), text))
 
 
 @pytest.mark.parametrize("channels", [1, 3])
@@ -591,7 +580,7 @@ def test_tuned_digits_reaches_97_percent_within_a_minute(
 ) -> None:
     spec = ROOT / "tests" / "fixtures" / "valid" / "digits_tuned.imp"
     started = time.monotonic()
-    module = import_script(write_script(tmp_path, spec.read_text()))
+    module = load_script(write_script(tmp_path, spec.read_text()))
     result = Run(module, capsys)
     seconds = time.monotonic() - started
     assert result.ok, result.result

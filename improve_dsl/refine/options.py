@@ -16,6 +16,7 @@ from ..journal import (
 )
 from .constraint import GRAMMAR_CHOICES
 from .expert import Expert, ExpertError
+from .live import Summary
 from .select import SELECTORS
 
 STRATEGIES = ("iterative", "all-at-once")
@@ -167,6 +168,28 @@ class RefineResult:
     stopped: str
     spec_updated: bool
     user_modified: bool
+
+    def summary(self, test_metric_name: str | None) -> Summary:
+        """The end of the run as the terminal shows it (no test name: no test run asked)."""
+        counts: dict[str, int] = {}
+        for record in self.records:
+            if record.iteration > 0:
+                counts[record.status] = counts.get(record.status, 0) + 1
+        return Summary(
+            metric_name=self.metric_name,
+            start_metric=self.start_metric,
+            best_metric=self.best_metric,
+            best_iteration=self.best_iteration,
+            test_metric_name=test_metric_name,
+            test_metric=self.test_metric,
+            counts=counts,
+            stopped=self.stopped,
+            best_spec=str(self.best_spec),
+            spec_path=str(self.spec_path),
+            spec_updated=self.spec_updated,
+            user_modified=self.user_modified,
+            run_dir=str(self.run_dir),
+        )
 
     @property
     def gain(self) -> float | None:

@@ -4,16 +4,15 @@ helpers that turn spec text into a diff and a checked training script."""
 from __future__ import annotations
 
 import difflib
-from collections.abc import Sequence
+import statistics
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..journal import (
-    ResultCache,
-)
+from ..journal import PENDING, Record, ResultCache, sha256_text
 from ..run import RunResult
-from .decide import Measurement, measurement
+from .decide import Measurement, Verdict, measurement
 from .expert import Attempt, Proposal
 from .select import Choice
 
@@ -48,7 +47,8 @@ class SeedRun:
         )
 
     @classmethod
-    def from_cache(cls, seed: int, hit: dict[str, Any]) -> SeedRun:
+    def from_cache(cls, seed: int, hit: Mapping[str, Any]) -> SeedRun:
+        """A run read back from the results cache (what ``to_cache`` stored)."""
         eval_size = hit.get("eval_size")
         return cls(
             seed,
@@ -83,6 +83,21 @@ class Incumbent:
     curves: list[dict[str, Any]]
     eval_size: int = 0
     seconds: float = 0.0  # training seconds of one run
+
+    @classmethod
+    def of(cls, iteration: int, text: str, candidate: Candidate) -> Incumbent:
+        """The incumbent a kept candidate (or the baseline) becomes."""
+        runs = candidate.runs
+        ok = [r for r in runs if r.status == "ok"]
+        return cls(
+            iteration,
+            text,
+            mean_or_none([r.metric for r in ok if r.metric is not None]),
+            [r.metric for r in runs],
+            runs[0].history if runs else [],
+            max((r.eval_size for r in ok), default=0),
+            sum(r.seconds for r in ok) / len(ok) if ok else 0.0,
+        )
 
     def measurement(self, metric_key: str) -> Measurement | None:
         """What deciding needs of the incumbent (None before it has a score)."""
@@ -139,12 +154,96 @@ class Candidate:
             [r.seconds for r in ok],
         )
 
+    def run_extras(self, seeds: Sequence[int]) -> dict[str, Any]:
+        """What the journal records about the candidate's runs (seeds, scores, why not ok)."""
+        extras: dict[str, Any] = {
+            "seeds": [r.seed for r in self.runs] or list(seeds),
+            "metrics": [r.metric for r in self.runs],
+            "candidate": f"candidates/{self.iteration}",
+        }
+        if self.runs and all(r.cached for r in self.runs):
+            extras["cached"] = True
+        reasons = [r.reason for r in self.runs if r.status != "ok" and r.reason]
+        if reasons:
+            extras["reason"] = reasons[0]
+        ok = [r for r in self.runs if r.status == "ok"]
+        if ok:
+            extras["eval_size"] = max(r.eval_size for r in ok)
+            extras["train_seconds"] = round(sum(r.seconds for r in ok) / len(ok), 3)
+        batches = {r.batch_size for r in self.runs if r.batch_size is not None}
+        if batches:
+            extras["batch_size"] = min(batches)
+        return extras
+
+    def record(
+        self,
+        status: str,
+        metric: float | None,
+        incumbent: Incumbent,
+        expert: str,
+        seeds: Sequence[int],
+        *,
+        outranked_by: int | None = None,
+        verdict: Verdict | None = None,
+    ) -> Record:
+        """The journal record of this attempt, decided ``status`` against ``incumbent``."""
+        proposal = self.proposal
+        extras = self.run_extras(seeds) if self.valid else {}
+        if verdict is not None:
+            extras["decision"] = verdict.to_json()
+        if outranked_by is not None:
+            extras["outranked_by"] = outranked_by
+            extras["reason"] = (
+                f"it beat the incumbent, but iteration {outranked_by} of the same round did better"
+            )
+        extras["move"] = proposal.move if proposal else ""
+        if proposal and proposal.grammar:  # how the reply was constrained
+            extras["grammar"] = proposal.grammar
+        if proposal and proposal.grammar_note:  # a constraint the server refused on the way
+            extras["grammar_note"] = proposal.grammar_note
+        if self.choice is not None:
+            extras["selector"] = self.choice.selector
+            extras["selection"] = self.choice.reason
+        extras["retries"] = self.retries
+        extras["propose_seconds"] = round(self.propose_seconds, 3)
+        if status == "invalid":
+            feedback = self.feedback or ""
+            extras["reason"] = (
+                feedback.splitlines()[0] if feedback else "the reply could not be used"
+            )
+            extras["feedback"] = feedback
+            extras["reply"] = self.reply
+        if status == "pruned" and self.pruned_at is not None:
+            extras["reason"] = (
+                f"pruned at epoch {self.pruned_at}: clearly below the incumbent "
+                "(beyond its noise, with little training left to close the gap)"
+            )
+        if len(seeds) > 1 and self.runs:
+            values = [r.metric for r in self.runs if r.metric is not None]
+            extras["std"] = statistics.stdev(values) if len(values) > 1 else 0.0
+        text = self.text or ""
+        return Record(
+            iteration=self.iteration,
+            block=self.label,
+            status=status,
+            metric=metric,
+            incumbent_metric=incumbent.metric,
+            spec_sha256=sha256_text(text) if text else "",
+            diff=unified_diff(incumbent.text, text, self.iteration) if text else "",
+            rationale=proposal.rationale if proposal else "",
+            expert=expert,
+            tokens=self.tokens,
+            cost_usd=round(self.cost_usd, 6),
+            seconds=round(self.run_seconds, 3),
+            extras=extras,
+        )
+
     def attempt(self, incumbent_metric: float | None) -> Attempt:
         """As the expert sees it while it is still running."""
         return Attempt(
             self.iteration,
             self.label,
-            "pending",
+            PENDING,
             None,
             incumbent_metric,
             "",
