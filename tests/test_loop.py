@@ -150,6 +150,7 @@ def test_zero_shot_is_one_all_blocks_proposal(tmp_path: Path) -> None:
     options = RefineOptions(iters=5, zero_shot=True, expert="heuristic", test=False)
     result = refine(spec, options, executor=FakeExecutor(MOMENTUM_HELPS))
     assert [(r.iteration, r.block) for r in result.records] == [(0, "baseline"), (1, "all")]
+    assert options.strategy == "iterative"  # the caller's options are not changed
     changed = diff.changed_blocks(WEAK, (result.run_dir / "candidates/1/spec.imp").read_text())
     assert len(changed) >= 2
 
@@ -257,7 +258,9 @@ def test_an_interrupted_run_resumes_without_losing_or_repeating_an_attempt(
     assert json.loads(run.state_path.read_text())["status"] == "interrupted"
 
     again = FakeExecutor(MOMENTUM_HELPS)
-    resumed = refine(None, RefineOptions(resume=run.path), overrides={"iters": 4}, executor=again)
+    asked = RefineOptions(resume=run.path)
+    resumed = refine(None, asked, overrides={"iters": 4}, executor=again)
+    assert asked == RefineOptions(resume=run.path)  # the caller's options are not changed
     assert [r.iteration for r in resumed.records] == [0, 1, 2, 3, 4]
     assert [r.to_json() for r in resumed.records[:2]] == [r.to_json() for r in before]
     trained = sorted({j.out_dir.relative_to(run.path).parts[1] for j in again.jobs})
