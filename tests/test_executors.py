@@ -1,4 +1,8 @@
-"""The local executor: real subprocesses, K at once, one GPU each, prompt cancellation."""
+"""The local executor: real subprocesses, K at once, one GPU each, prompt cancellation.
+
+The stand-in scripts need no torch, so these executors start no fork server (whose preload
+of torch would cost seconds per test); test_forkserver.py tests runs through one.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +10,8 @@ import json
 import os
 import time
 from pathlib import Path
+
+import pytest
 
 from improve_dsl.executors import LocalExecutor, TrainJob, make_executor
 
@@ -53,7 +59,10 @@ def test_two_slots_run_two_jobs_at_once_each_on_its_own_gpu(tmp_path: Path) -> N
         )
 
 
-def test_one_slot_on_cpu_sets_no_gpu_and_no_thread_limit(tmp_path: Path) -> None:
+def test_one_slot_on_cpu_sets_no_gpu_and_no_thread_limit(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("IMPROVE_FORK_SERVER", "0")
     executor = make_executor("local", parallel=1, device="cpu")
     try:
         result = executor.wait(executor.submit(TrainJob(_script(tmp_path), tmp_path / "o")))
@@ -75,7 +84,7 @@ def test_a_callback_returning_false_prunes_the_run(tmp_path: Path) -> None:
             return False
         return True
 
-    with LocalExecutor(1) as executor:
+    with LocalExecutor(1, device="cpu", fork_server=False) as executor:
         result = executor.wait(
             executor.submit(TrainJob(_script(tmp_path), tmp_path / "o", on_event=on_event))
         )
@@ -85,7 +94,7 @@ def test_a_callback_returning_false_prunes_the_run(tmp_path: Path) -> None:
 def test_cancel_all_stops_a_running_job_without_waiting_for_its_next_event(
     tmp_path: Path,
 ) -> None:
-    executor = LocalExecutor(1)
+    executor = LocalExecutor(1, device="cpu", fork_server=False)
     handle = executor.submit(TrainJob(_script(tmp_path, sleep=30), tmp_path / "o"))
     log = tmp_path / "o" / "log"
     deadline = time.monotonic() + 30

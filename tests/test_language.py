@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import lark
 import pytest
+from conftest import ImproveCall
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -180,15 +179,12 @@ def test_random_bytes_never_crash(
     _check_bytes(tmp_path, data, capsys)
 
 
-def test_check_in_a_real_process_prints_no_traceback(tmp_path: Path) -> None:
+def test_check_of_undecodable_bytes_is_located_and_the_next_spec_still_checked(
+    tmp_path: Path, improve: ImproveCall
+) -> None:
     bad = tmp_path / "bad.imp"
     bad.write_bytes(b"pipeline p {\n  metric = \xff\n")
-    proc = subprocess.run(
-        [sys.executable, "-m", "improve_dsl.cli", "check", str(bad), str(SPECS[0])],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
+    proc = improve("check", str(bad), str(SPECS[0]))
     assert proc.returncode == 2
     assert "not valid UTF-8" in proc.stderr
     assert "Traceback" not in proc.stderr

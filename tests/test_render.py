@@ -10,6 +10,7 @@ from pathlib import Path
 
 import jinja2
 import pytest
+from conftest import ImproveCall
 
 from improve_dsl import cli, registry, render
 from improve_dsl.compiler import compile_spec
@@ -344,25 +345,15 @@ def test_compile_verb_writes_the_script(tmp_path: Path, capsys: pytest.CaptureFi
     assert f"wrote {out}" in capsys.readouterr().err
 
 
-def test_compile_verb_prints_to_stdout_and_fails_on_a_bad_spec(tmp_path: Path) -> None:
-    proc = subprocess.run(
-        [PYTHON, "-m", "improve_dsl.cli", "compile", "specs/digits.imp"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+def test_compile_verb_prints_to_stdout_and_fails_on_a_bad_spec(
+    tmp_path: Path, improve: ImproveCall
+) -> None:
+    proc = improve("compile", "specs/digits.imp", cwd=ROOT)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout == golden_path(ROOT / "specs" / "digits.imp").read_text()
     bad = tmp_path / "bad.imp"
     bad.write_text("pipeline p {\n  seed = 0\n}\ndata {\n  source = digitz()\n}\n")
-    proc = subprocess.run(
-        [PYTHON, "-m", "improve_dsl.cli", "compile", str(bad)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    proc = improve("compile", str(bad), cwd=ROOT)
     assert proc.returncode == 2
     assert proc.stdout == ""
     assert "unknown data source 'digitz'" in proc.stderr and "did you mean 'digits'" in proc.stderr
