@@ -130,6 +130,7 @@ def _verdict(reply: str, block: str, spec_text: str) -> str:
     return "accepted"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", BLOCKS)
 def test_grammar_sampled_replies_are_accepted_or_refused_with_a_location(name: str) -> None:
     spec_text = (ROOT / "specs" / "digits.imp").read_text()

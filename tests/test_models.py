@@ -105,7 +105,8 @@ ARCHS = [
 ]
 
 
-@pytest.mark.parametrize("source", ["digits()", "cifar100()"])
+# Colour images with 100 classes too, in the slow tier (each build costs a second or more).
+@pytest.mark.parametrize("source", ["digits()", pytest.param("cifar100()", marks=pytest.mark.slow)])
 @pytest.mark.parametrize("model", ARCHS)
 def test_architectures_build_on_meta_with_one_output_per_class(model: str, source: str) -> None:
     channels, size, _, classes = SHAPES[source]

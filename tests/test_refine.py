@@ -1,8 +1,8 @@
 """`improve refine` end to end: real training on digits (seconds per run), real git.
 
-The first test (a real two-iteration refine and the final test run, called in-process) is in
-the fast tier; the others train for many runs and are marked slow: ``test_loop.py`` checks the
-same loop logic against a fake executor in the fast tier.
+The real refines are marked slow (CI runs them): ``test_loop.py`` checks the same loop logic
+against a fake executor in the fast tier, and ``test_report.py`` builds its report from one
+real two-iteration refine (with the final test run) in the fast tier.
 """
 
 from __future__ import annotations
@@ -68,6 +68,7 @@ def check_accepted_changes(run: RunDir) -> int:
 # ---------------------------------------------------------------- the quickstart, offline
 
 
+@pytest.mark.slow
 def test_heuristic_refinement_lifts_the_weak_digits_spec(
     tmp_path: Path, improve: ImproveCall
 ) -> None:

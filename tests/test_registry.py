@@ -23,7 +23,7 @@ from improve_dsl.ir import Op
 from improve_dsl.paths import templates_dir
 from improve_dsl.profile import input_shape, profile_dataset
 from improve_dsl.refine import live, prompts
-from improve_dsl.render import render_script
+from improve_dsl.render import _layer_shapes, render_script
 from improve_dsl.validate import load_text
 
 ALL_COMPONENTS = [c for comps in registry.COMPONENTS.values() for c in comps]
@@ -75,7 +75,9 @@ def test_templates_restate_no_dataset_fact() -> None:
         assert not any(f'"{name}"' in text for name in names)
 
 
-@pytest.mark.parametrize("source", registry.BUILTIN_DATASETS)
+@pytest.mark.parametrize(
+    "source", [c.name for c in registry.SOURCES if c.dataset and c.dataset.system_folders]
+)
 def test_the_rendered_script_carries_the_registry_facts(source: str) -> None:
     script = render_script(load_text(_spec(data=f"source = {source}()"), "t.imp"))
     facts = registry.dataset_facts(source)
@@ -84,27 +86,41 @@ def test_the_rendered_script_carries_the_registry_facts(source: str) -> None:
         assert f'Path("{folder}")' in script
 
 
-@pytest.mark.parametrize("comp", registry.AUGMENTS, ids=lambda c: c.name)
-def test_label_mixing_follows_the_registry(comp: registry.Component) -> None:
-    script = render_script(load_text(_spec(augment=f"ops = [{comp.name}()]"), "t.imp"))
-    assert ("targets = F.one_hot(labels, num_classes)" in script) is comp.mixes_labels
+_ONE_HOT = "targets = F.one_hot(labels, num_classes)"  # soft targets: an op mixes labels
+
+
+def test_label_mixing_follows_the_registry() -> None:
+    plain = ", ".join(c.name + "()" for c in registry.AUGMENTS if not c.mixes_labels)
+    assert _ONE_HOT not in render_script(load_text(_spec(augment=f"ops = [{plain}]"), "t.imp"))
+    for comp in registry.AUGMENTS:
+        if comp.mixes_labels:
+            text = _spec(augment=f"ops = [{comp.name}()]")
+            assert _ONE_HOT in render_script(load_text(text, "t.imp")), comp.name
 
 
 @pytest.mark.parametrize("layer", registry.LAYERS, ids=lambda c: c.name)
 def test_layer_outputs_decide_where_the_model_flattens(layer: registry.Component) -> None:
-    """After an image layer the classifier flattens first; after a vector layer it does not;
-    an activation keeps whatever came before (here: vectors, after flatten)."""
-    layers = f"layers = [conv(out = 4), flatten(), {layer.name}()]"
-    if layer.name in ("batch_norm", "max_pool", "avg_pool", "global_avg_pool"):
-        layers = f"layers = [conv(out = 4), {layer.name}()]"
+    """After an image layer the input is images; after a vector layer vectors; an
+    activation keeps whatever came before (vectors after flatten, images after conv)."""
+    conv, flatten, this = (Op.of(name, {}) for name in ("conv", "flatten", layer.name))
+    inputs, output_flat = _layer_shapes((conv, flatten, this))
+    assert inputs == (False, False, True)  # what conv, flatten and this layer are given
+    assert output_flat is (layer.output != "image")
+    inputs, output_flat = _layer_shapes((conv, this))
+    assert inputs == (False, False)
+    assert output_flat is (layer.output == "vector")
+
+
+def test_the_classifier_flattens_only_images() -> None:
+    layers = "layers = [conv(out = 4), relu(), flatten(), linear(out = 8), relu(), linear(out = 4)]"
     script = render_script(load_text(_spec(model=layers), "t.imp"))
     model = script[script.index("def build_model") :]
     model = model[: model.index("nn.LazyLinear(num_classes)")]
-    flattens = model.count("nn.Flatten()")
-    expected_flat = layer.output in ("vector", "same") or layer.name == "flatten"
-    # one Flatten from the list itself (when it has one); one more only if it ended in images
-    listed = layers.count("flatten()")
-    assert flattens == listed + (0 if expected_flat else 1), model
+    assert model.count("nn.Flatten()") == 1, model  # the listed one only
+    images = render_script(load_text(_spec(model="layers = [conv(out = 4), relu()]"), "t.imp"))
+    model = images[images.index("def build_model") :]
+    model = model[: model.index("nn.LazyLinear(num_classes)")]
+    assert model.count("nn.Flatten()") == 1, model  # added before the classifier
 
 
 # ---------------------------------------------------------------- reference text and prompts

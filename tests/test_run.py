@@ -360,6 +360,7 @@ def test_improve_run_trains_and_writes_the_run_directory(
     assert "epoch 4/4" in proc.stderr and "1150 training images" in proc.stderr
 
 
+@pytest.mark.slow
 def test_improve_evaluate_scores_the_test_split_once_and_says_so(
     tmp_path: Path, improve: ImproveCall
 ) -> None:

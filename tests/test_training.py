@@ -135,6 +135,7 @@ def run_program(
 # ---------------------------------------------------------------- the script as a program
 
 
+@pytest.mark.slow
 def test_digits_script_runs_as_a_program(tmp_path: Path) -> None:
     spec = ROOT / "specs" / "digits.imp"
     script = tmp_path / "train.py"
@@ -329,6 +330,7 @@ def make_image_folder(folder: Path, per_class: int) -> None:
     (folder / "emu" / "notes.txt").write_text("not an image, not an image extension")
 
 
+@pytest.mark.slow
 def test_image_folder_trains_on_mixed_images(tmp_path: Path) -> None:
     folder = tmp_path / "pictures"
     make_image_folder(folder, per_class=15)
