@@ -20,9 +20,10 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+from conftest import load_script
 from PIL import Image
 from rich.console import Console
-from test_training import Run, import_script, spec_text, write_script
+from test_training import Run, spec_text, write_script
 
 from improve_dsl.folder_memory import FolderMemory, human_bytes
 from improve_dsl.ir import Op
@@ -60,7 +61,7 @@ def folder_script(tmp_path: Path, root: Path, **source: str) -> Path:
 
 def run_script(script: Path, capsys: pytest.CaptureFixture[str], *args: str) -> Run:
     """A fresh import each time, as a new process would see it."""
-    return Run(import_script(script), capsys, *args)
+    return Run(load_script(script), capsys, *args)
 
 
 def kinds(run: Run, kind: str) -> list[dict[str, Any]]:
@@ -89,7 +90,7 @@ def cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 def load_pool(script: Path, folder: Path) -> Any:
     """The training pool (the test share taken out) as the script's load_source gives it, in a
     fresh import, as a new process would see it."""
-    return import_script(script).load_source(str(folder))[0]
+    return load_script(script).load_source(str(folder))[0]
 
 
 def entry_of(cache: Path) -> Path:
@@ -175,7 +176,7 @@ def test_a_broken_cache_is_rebuilt_never_trusted(
 def test_streamed_batches_are_the_cached_rows_and_the_reader_stops(
     script: Path, folder: Path, cache: Path
 ) -> None:
-    module = import_script(script)
+    module = load_script(script)
     module.emit = lambda event: None
     module.MEMORY_BUDGET = 0  # as the spec's memory_budget = 0 sets it
     pool, _, _ = module.load_source(str(folder))
@@ -205,7 +206,7 @@ def test_a_split_with_no_images_is_empty_not_an_error(
     make_folder(tmp_path / "data" / "train")
     for name in CLASSES:
         (tmp_path / "data" / "test" / name).mkdir(parents=True)
-    train, test, _ = import_script(script).load_source(str(tmp_path / "data"))
+    train, test, _ = load_script(script).load_source(str(tmp_path / "data"))
     assert len(train) == 30 and len(test) == 0
 
 
@@ -214,7 +215,7 @@ def test_an_unwritable_cache_folder_is_a_clear_failure(
 ) -> None:
     blocker = tmp_path / "file"
     blocker.write_text("a file where the cache folder should be")
-    module = import_script(script)
+    module = load_script(script)
     module.CACHE = str(blocker / "cache")  # as the spec's cache = "..." sets it
     with pytest.raises(module.RunFailed) as failed:
         module.load_source(str(folder))
