@@ -392,6 +392,10 @@ STEPS: tuple[tuple[str, Callable[[Bench], dict[str, Any]]], ...] = (
 # ---------------------------------------------------------------- the report
 
 
+def score(value: object) -> str:
+    return f"{value:.4f}" if isinstance(value, float) else str(value)
+
+
 def table(results: dict[str, Any]) -> str:
     """The figures as one Markdown table: step, case, figure."""
     rows = [("step", "case", "figure")]
@@ -445,7 +449,7 @@ def table(results: dict[str, Any]) -> str:
                 add(
                     step,
                     case,
-                    f"best val {r['best_val_accuracy']}, test {r['test_accuracy']}, "
+                    f"best val {score(r['best_val_accuracy'])}, test {score(r['test_accuracy'])}, "
                     f"{r['wall_seconds']:.0f} s wall, statuses {', '.join(map(str, r['statuses']))}"
                     + (f", safe {r['safe']}" if "safe" in r else ""),
                 )

@@ -32,13 +32,13 @@ def test_the_gpu_bench_dry_run_produces_every_figure(tmp_path: Path) -> None:
             "--data",
             str(FASHION),
             "--max-seconds",
-            "1500",
+            "2400",
         ],
         cwd=tmp_path,
         env=env,
         capture_output=True,
         text=True,
-        timeout=1800,
+        timeout=2700,
     )
     results = json.loads((tmp_path / "gpu.json").read_text())
     assert proc.returncode == 0, (proc.stderr[-3000:], results)
