@@ -258,6 +258,8 @@ def one_seed(
         str(setup.train_index),
         *(("--compile",) if args.compile else ()),
         *(("--data-root", os.environ["IMPROVE_DATA"]) if os.environ.get("IMPROVE_DATA") else ()),
+        "--init",
+        args.baseline_init,
     ]
     baseline, baseline_wall = run(baseline_command, f"torchvision, seed {seed}")
     return [
@@ -305,6 +307,13 @@ def main() -> None:
         "--compile", action="store_true", help="torch.compile the model in both scripts"
     )
     parser.add_argument("--json", type=Path, help="also write the runs and the ratio here")
+    parser.add_argument(
+        "--baseline-init",
+        choices=("default", "kaiming"),
+        default="default",
+        help="the baseline's conv initialisation: PyTorch's default (as the compiled "
+        "script) or Kaiming fan-out",
+    )
     args = parser.parse_args()
 
     runs: list[tuple[int, str, dict[str, Any], float]] = []

@@ -33,8 +33,9 @@ PRUNE_WIDTHS = (
     3.0  # noise widths below the incumbent's final score that a finished-looking run may trail
 )
 SWING_WIDTHS = 5.0  # swings of the incumbent a still-learning run may trail at the same epoch
-ANNEALED = 0.25  # a learning rate below this share of its peak has annealed
-LATE = 0.75  # the share of epochs after which a run with an unannealed rate is judged anyway
+ANNEALED = 0.05  # a learning rate below this share of its peak has annealed (one-cycle and
+# cosine schedules still gain points until their rate is a few per cent of the peak)
+LATE = 0.9  # the share of epochs after which a run with an unannealed rate is judged anyway
 
 
 @dataclass(frozen=True)
