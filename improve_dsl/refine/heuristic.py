@@ -27,12 +27,13 @@ from dataclasses import dataclass
 from .. import fmt, syntax, validate
 from ..diagnostics import DiagnosticError
 from ..ir import Spec
-from ..journal import sha256_text
+from ..journal import PENDING, sha256_text
 from . import edit
 from .diagnose import Diagnosis, diagnose
 from .expert import Attempt, Context, NoMoreMoves, Proposal, Selection
-from .moves import FAILED, MOVE_MAKERS, STEP_SIZES, Move, TrustRegion
+from .moves import FAILED, MOVE_MAKERS, Move
 from .recipes import DataInfo, data_info
+from .trust import STEP_SIZES, TrustRegion
 
 START_SECONDS = 2.0  # what a run costs besides training: start, compile, evaluation
 
@@ -113,7 +114,7 @@ class HeuristicExpert:
         outcomes = [
             (move_id, attempt.status == "accepted")
             for attempt in history
-            if attempt.status != "pending"
+            if attempt.status != PENDING
             for move_id in _move_ids(attempt)
         ]
         regions: dict[str, TrustRegion] = {}
