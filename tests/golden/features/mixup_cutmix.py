@@ -588,9 +588,9 @@ class ResNet(nn.Module):
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.dropout = nn.Dropout(dropout)
         self.classifier = nn.Linear(in_planes, num_classes)
-        for module in self.modules():
-            if isinstance(module, nn.Conv2d):
-                nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+        # PyTorch's default initialisation, not Kaiming fan-out: behind batch norm the
+        # smaller weights train faster in short runs (Fashion-MNIST ResNet-8, 2 epochs:
+        # +1.8 points, level at 10; see BENCHMARKS.md).
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.pool(self.blocks(self.stem(x)))
