@@ -461,8 +461,7 @@ class ResNet(nn.Module):
         self.dropout = nn.Dropout(dropout)
         self.classifier = nn.Linear(in_planes, num_classes)
         # PyTorch's default initialisation, not Kaiming fan-out: behind batch norm the
-        # smaller weights train faster in short runs (Fashion-MNIST ResNet-8, 2 epochs:
-        # +1.8 points, level at 10; see BENCHMARKS.md).
+        # smaller weights take larger effective steps, which short runs need.
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.pool(self.blocks(self.stem(x)))
