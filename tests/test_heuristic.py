@@ -263,6 +263,16 @@ def test_a_recipe_is_applied_once() -> None:
     ]
 
 
+def test_the_selected_move_is_the_proposed_move() -> None:
+    # Moves of equal promise (a learning-rate step up or down) must keep their order whether
+    # all blocks are ranked (select) or only the chosen one (propose).
+    for seed in range(8):
+        expert = HeuristicExpert(seed=seed)
+        ctx = context(curves_=PLATEAU, blocks=())
+        every = [r.move.id for r in expert.ranked(ctx, REFINABLE) if r.move.block == "train"]
+        assert every == [r.move.id for r in expert.ranked(ctx, ("train",))], seed
+
+
 def test_same_context_same_proposal() -> None:
     a = HeuristicExpert(seed=3).propose(context(curves_=PLATEAU))
     b = HeuristicExpert(seed=3).propose(context(curves_=PLATEAU))

@@ -150,7 +150,9 @@ class HeuristicExpert:
         region = self._regions(context.history)
         headroom = 1.0 - (context.incumbent_metric if context.incumbent_metric else 0.0)
         seconds = train_seconds(context.curves)
-        rng = random.Random(f"{self.seed}:{','.join(blocks)}:{len(context.history)}")
+        # The tie-break depends on the move, not on which blocks are ranked, so the block
+        # ``select`` names and the move ``propose`` then makes for it agree.
+        turn = f"{self.seed}:{len(context.history)}"
         scored: list[tuple[float, float, Ranked]] = []
         for block in blocks:
             maker = MOVE_MAKERS.get(block)
@@ -165,7 +167,8 @@ class HeuristicExpert:
                 ranked = Ranked(
                     move, gain, seconds * move.cost + START_SECONDS, seconds + START_SECONDS
                 )
-                scored.append((-ranked.value, rng.random(), ranked))
+                tie = random.Random(f"{turn}:{move.id}").random()
+                scored.append((-ranked.value, tie, ranked))
         scored.sort(key=lambda item: (item[0], item[1]))
         return [r for _, _, r in scored]
 
