@@ -273,6 +273,11 @@ def test_the_selected_move_is_the_proposed_move() -> None:
         assert every == [r.move.id for r in expert.ranked(ctx, ("train",))], seed
 
 
+def test_a_perfect_validation_score_still_gets_proposals() -> None:
+    perfect = Context(DIGITS, "spec.imp", (), "", "val_accuracy", 1.0, list(PLATEAU), [])
+    assert HeuristicExpert().select(perfect, REFINABLE) is not None
+
+
 def test_same_context_same_proposal() -> None:
     a = HeuristicExpert(seed=3).propose(context(curves_=PLATEAU))
     b = HeuristicExpert(seed=3).propose(context(curves_=PLATEAU))

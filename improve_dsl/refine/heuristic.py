@@ -35,6 +35,7 @@ from .moves import FAILED, MOVE_MAKERS, Move
 from .recipes import DataInfo, data_info
 from .trust import STEP_SIZES, TrustRegion
 
+MIN_HEADROOM = 0.005
 START_SECONDS = 2.0  # what a run costs besides training: start, compile, evaluation
 
 
@@ -148,7 +149,9 @@ class HeuristicExpert:
             if ".recipe" in move_id
         }
         region = self._regions(context.history)
-        headroom = 1.0 - (context.incumbent_metric if context.incumbent_metric else 0.0)
+        # A perfect validation score is still a noisy estimate: a little headroom is left,
+        # so the expert keeps trying its best moves while iterations remain.
+        headroom = max(1.0 - (context.incumbent_metric or 0.0), MIN_HEADROOM)
         seconds = train_seconds(context.curves)
         # The tie-break depends on the move, not on which blocks are ranked, so the block
         # ``select`` names and the move ``propose`` then makes for it agree.
@@ -161,7 +164,7 @@ class HeuristicExpert:
             for move in maker(spec, info, region):
                 if move.id in refused:
                     continue
-                gain = move.expected_share(diagnosis.signals) * max(headroom, 0.0)
+                gain = move.expected_share(diagnosis.signals) * headroom
                 if gain <= 0:
                     continue
                 ranked = Ranked(
