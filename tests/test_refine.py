@@ -152,12 +152,22 @@ def test_invalid_rejected_cached_pruned_and_accepted_attempts(tmp_path: Path) ->
 
 @pytest.mark.slow
 def test_a_failing_run_is_recorded_and_the_loop_goes_on(tmp_path: Path) -> None:
-    # 1,000 epochs cannot finish within the 1 s limit, however fast the runs start.
+    # 1,000 epochs cannot finish within the 1 s limit, however fast the runs start; the
+    # candidates keep them (an expert free to choose might train fewer and finish).
     slow = WEAK.replace("epochs = 3", "epochs = 1000")
     spec = write_spec(tmp_path, slow)
-    done = run_improve(
-        "refine", str(spec), "--iters", "2", "--timeout", "1", "--no-test", cwd=tmp_path
+    replay = tmp_path / "replay.jsonl"
+    replay.write_text(
+        "".join(
+            json.dumps({"block": "model", "text": f"model {{\n  arch = mlp(width = {w})\n}}\n"})
+            + "\n"
+            for w in (64, 128)
+        )
     )
+    done = run_improve(
+        "refine", str(spec), "--iters", "2", "--timeout", "1", "--no-test",
+        "--expert", f"replay:{replay}", cwd=tmp_path,
+    )  # fmt: skip
     assert done.returncode == 1, done.stderr
     assert "no candidate finished" in done.stderr and "Traceback" not in done.stderr
     records = run_dir_of(spec).records()
