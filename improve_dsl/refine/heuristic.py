@@ -33,6 +33,7 @@ from .diagnose import Diagnosis, diagnose
 from .expert import Attempt, Context, NoMoreMoves, Proposal, Selection
 from .moves import FAILED, MOVE_MAKERS, Move
 from .recipes import DataInfo, data_info
+from .select import since_incumbent
 from .trust import STEP_SIZES, TrustRegion
 
 MIN_HEADROOM = 0.005
@@ -71,12 +72,6 @@ def apply_changes(spec_text: str, block: str, changes: Mapping[str, str | None])
             fields[name] = text
     lines = [f"{block} {{", *(f"  {k} = {v}" for k, v in fields.items()), "}"]
     return "\n".join(lines) + "\n"
-
-
-def since_incumbent(history: Sequence[Attempt]) -> list[Attempt]:
-    """The attempts made against the current incumbent (after the last accepted one)."""
-    last = max((i for i, a in enumerate(history) if a.status == "accepted"), default=-1)
-    return list(history[last + 1 :])
 
 
 def _move_ids(attempt: Attempt) -> list[str]:

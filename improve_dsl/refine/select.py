@@ -43,7 +43,8 @@ class Choice:
     cost_usd: float = 0.0
 
 
-def _since_accepted(history: Sequence[Attempt]) -> list[Attempt]:
+def since_incumbent(history: Sequence[Attempt]) -> list[Attempt]:
+    """The attempts made against the current incumbent (after the last accepted one)."""
     last = max((i for i, a in enumerate(history) if a.status == "accepted"), default=-1)
     return list(history[last + 1 :])
 
@@ -60,7 +61,7 @@ def by_diagnosis(
         return None
     ordered = [b for b in PRIORITIES.get(diagnosis.kind, ()) if b in available]
     ordered += [b for b in available if b not in ordered]
-    failed_recently = {a.block for a in _since_accepted(history) if a.status != "accepted"}
+    failed_recently = {a.block for a in since_incumbent(history) if a.status != "accepted"}
     previous = history[-1].block if history else None
     in_list = set(PRIORITIES.get(diagnosis.kind, ()))
 
