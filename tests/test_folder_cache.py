@@ -200,6 +200,35 @@ def test_streamed_batches_are_the_cached_rows_and_the_reader_stops(
     assert threading.active_count() == before
 
 
+@pytest.mark.parametrize(("prefetch_bytes", "ahead"), [(2**30, 4), (1, 1)])
+def test_the_reader_runs_ahead_by_at_most_prefetch_batches_and_bytes(
+    script: Path, folder: Path, cache: Path, prefetch_bytes: int, ahead: int
+) -> None:
+    module = load_script(script)
+    module.emit = lambda event: None
+    module.MEMORY_BUDGET = 0
+    module.PREFETCH_BYTES = prefetch_bytes  # 1: less than one batch, so one batch ahead
+    streamed = module.load_source(str(folder))[0].to(torch.device("cpu"))
+    reads = 0
+    read = streamed.cache.read
+
+    def counted(rows: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+        nonlocal reads
+        reads += 1
+        return read(rows, out)
+
+    streamed.cache.read = counted
+    batches = streamed.batches(torch.arange(len(streamed)), 2)
+    next(batches)
+    # The one handed out, `ahead` queued and one more waiting for room in the queue.
+    deadline = time.monotonic() + 10
+    while reads < ahead + 2 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    time.sleep(0.2)
+    assert reads == ahead + 2
+    batches.close()
+
+
 def test_a_split_with_no_images_is_empty_not_an_error(
     script: Path, tmp_path: Path, cache: Path
 ) -> None:

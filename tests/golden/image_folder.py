@@ -236,7 +236,8 @@ IMAGE_EXTENSIONS = (
 )
 WORKERS = min(8, os.cpu_count() or 1)  # processes decoding images into the cache
 CACHE_FORMAT = 1  # raised when the cache's layout changes, so that older caches are rebuilt
-PREFETCH = 4  # batches read ahead of training when they stream from the cache
+PREFETCH = 4  # batches read ahead of training when they stream from the cache...
+PREFETCH_BYTES = 2**25  # ...but no more bytes than this (evaluation's batches are large)
 # Pixels sampled for the normalisation statistics: a few million values are plenty, and 4,096
 # large images would take gigabytes once converted to floats.
 STATISTICS_BYTES = 2**23
@@ -395,9 +396,11 @@ class ImageCache:
     def batches(
         self, rows: Tensor, labels: Tensor, order: Tensor, batch_size: int, device: torch.device
     ) -> Iterator[tuple[Tensor, Tensor]]:
-        """(uint8 images, labels) on the device, read PREFETCH batches ahead by a thread."""
+        """(uint8 images, labels) on the device, read ahead by a thread: PREFETCH batches, or
+        fewer when that would hold more than PREFETCH_BYTES."""
         row_chunks = rows[order.cpu()].split(batch_size)
-        ready: queue.Queue[Tensor | BaseException] = queue.Queue(PREFETCH)
+        depth = max(1, min(PREFETCH, PREFETCH_BYTES // (batch_size * self.row_bytes)))
+        ready: queue.Queue[Tensor | BaseException] = queue.Queue(depth)
         stop = threading.Event()
 
         def produce() -> None:
