@@ -256,8 +256,10 @@ def best_at(points: Sequence[tuple[float, float]], seconds: float) -> float | No
 
 
 def _ms(values: Sequence[float | None]) -> str:
+    """Mean ± std over the seeds, in per cent; "—" unless every seed has a value (a mean of
+    the seeds that got somewhere would flatter an arm that is still on its first run)."""
     real = [100 * v for v in values if v is not None]
-    if not real:
+    if not real or len(real) < len(values):
         return "—"
     if len(real) == 1:
         return f"{real[0]:.1f}"
