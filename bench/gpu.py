@@ -76,10 +76,13 @@ class Sizes:
     fork_iters: int
     # The dry run's small networks (the specs' own on the GPU): (ResNet-8 width, airbench).
     small_widths: tuple[int, int] | None = None
+    # The dry run's batch for its refinements: the offline expert's train recipe sizes epochs
+    # to a step target (300 steps at least), so a small batch keeps its candidates short.
+    refine_batch: int | None = None
 
 
 GPU = Sizes("cuda", 20000, 2, (False, True), 25000, 2, (8, 16), 3, None, 3, None, None, 10000, 2, 2)
-DRY = Sizes("cpu", 600, 1, (False,), 600, 1, (1,), 1, 600, 1, 600, 1, 600, 1, 1, (4, 8))
+DRY = Sizes("cpu", 600, 1, (False,), 600, 1, (1,), 1, 600, 1, 600, 1, 600, 1, 1, (4, 8), 16)
 
 
 @dataclass
@@ -312,6 +315,8 @@ def refine_once(
     }
     if epochs:
         changes["epochs"] = str(epochs)
+    if sizes.refine_batch:
+        changes["batch_size"] = str(sizes.refine_batch)
     spec = spec_variant(REPO / "specs" / "fashion_mnist.imp", folder / "spec.imp", **changes)
     command = [
         sys.executable,
