@@ -406,7 +406,7 @@ class ImageCache:
 
         # On the CPU, batches are read into a ring of buffers made once (one handed out, `depth`
         # queued, one being read): a fresh buffer per batch left the allocator holding freed
-        # memory, and the streamed run's peak grew by half. A GPU copies asynchronously from
+        # memory, and the streamed run's peak grew by a quarter. A GPU copies asynchronously from
         # pinned buffers, which PyTorch's pinned-memory cache reuses once each copy is done.
         shape = (batch_size, CHANNELS, IMAGE_SIZE, IMAGE_SIZE)
         ring = [
