@@ -22,6 +22,12 @@ class Attempt:
     seconds: float | None = None  # what its training cost, None when it never ran
 
 
+def since_incumbent(history: Sequence[Attempt]) -> list[Attempt]:
+    """The attempts made against the current incumbent (after the last accepted one)."""
+    last = max((i for i, a in enumerate(history) if a.status == "accepted"), default=-1)
+    return list(history[last + 1 :])
+
+
 @dataclass(frozen=True)
 class Context:
     """Everything an expert may use to propose a change."""

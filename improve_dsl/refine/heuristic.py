@@ -30,10 +30,9 @@ from ..ir import Spec
 from ..journal import PENDING, sha256_text
 from . import edit
 from .diagnose import Diagnosis, diagnose
-from .expert import Attempt, Context, NoMoreMoves, Proposal, Selection
+from .expert import Attempt, Context, NoMoreMoves, Proposal, Selection, since_incumbent
 from .moves import FAILED, MOVE_MAKERS, Move
 from .recipes import DataInfo, data_info
-from .select import since_incumbent
 from .trust import STEP_SIZES, TrustRegion
 
 MIN_HEADROOM = 0.005

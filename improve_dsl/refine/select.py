@@ -17,7 +17,7 @@ from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 
 from .diagnose import Diagnosis, diagnose
-from .expert import Attempt, Context, Expert
+from .expert import Attempt, Context, Expert, since_incumbent
 
 SELECTORS = ("analyst", "diagnose", "round-robin")
 
@@ -41,12 +41,6 @@ class Choice:
     selector: str
     tokens: int = 0
     cost_usd: float = 0.0
-
-
-def since_incumbent(history: Sequence[Attempt]) -> list[Attempt]:
-    """The attempts made against the current incumbent (after the last accepted one)."""
-    last = max((i for i, a in enumerate(history) if a.status == "accepted"), default=-1)
-    return list(history[last + 1 :])
 
 
 def by_diagnosis(

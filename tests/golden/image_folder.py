@@ -419,7 +419,7 @@ class ImageCache:
                 for number, chunk in enumerate(row_chunks):
                     if stop.is_set():
                         return
-                    if device.type == "cpu":
+                    if ring:
                         buffer = ring[number % len(ring)][: len(chunk)]
                     else:
                         buffer = torch.empty(
