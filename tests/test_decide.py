@@ -69,6 +69,29 @@ def test_training_noise_is_the_last_swing_or_the_seed_spread() -> None:
             True,
             "cheaper",
         ),
+        # The same score for a third of the seconds is kept, though inside the noise...
+        (
+            m(0.9, seconds=3.0),
+            m(0.9, eval_size=3000, curve=FLAT, seconds=10.0),
+            0.0,
+            True,
+            "no worse, a third of the cost",
+        ),
+        # ... but not a saving that timing noise could explain, nor a lower score.
+        (
+            m(0.9, seconds=7.0),
+            m(0.9, eval_size=3000, curve=FLAT, seconds=10.0),
+            0.0,
+            False,
+            "no worse, 70% of the cost",
+        ),
+        (
+            m(0.8995, seconds=1.0),
+            m(0.9, eval_size=3000, curve=FLAT, seconds=10.0),
+            0.0,
+            False,
+            "a tenth of the cost but lower",
+        ),
         (m(0.3), None, 0.0, True, "anything beats no incumbent"),
         (m(0.8), m(0.9, eval_size=3000, curve=FLAT), 0.0, False, "worse"),
     ],
@@ -79,7 +102,15 @@ def test_decide(
     verdict = decide(candidate, incumbent, min_delta)
     assert verdict.keep is keep, why
     record = verdict.to_json()
-    assert set(record) == {"gain", "margin", "noise", "cost_ratio"}
+    assert set(record) == {"gain", "margin", "noise", "cost_ratio", "cheaper"}
+
+
+def test_a_cheaper_change_kept_inside_the_noise_says_so() -> None:
+    incumbent = m(0.9, eval_size=3000, curve=FLAT, seconds=10.0)
+    verdict = decide(m(0.9003, seconds=4.0), incumbent)
+    assert verdict.keep and verdict.cheaper
+    assert verdict.gain is not None and verdict.gain < verdict.margin
+    assert not decide(m(0.9003, seconds=10.0), incumbent).cheaper
 
 
 def test_margin_grows_with_each_doubling_of_cost() -> None:

@@ -128,7 +128,7 @@ def add_refine(verbs: Verbs) -> None:
         metavar="D",
         help="a change is kept only if it gains more than D and more than the noise of the "
         "measurement (validation size, epoch-to-epoch swing), more for costlier runs "
-        "(default 0: the noise alone)",
+        "(default 0: the noise alone); a change no worse and at least twice as fast is kept too",
     )
     p.add_argument(
         "--parallel",

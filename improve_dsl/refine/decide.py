@@ -13,8 +13,12 @@ already reports, with no extra training:
 They add in quadrature. A change is kept only when it beats the incumbent by more than
 ``Z`` times that noise, or by ``min_delta`` if the user asked for more; a change that makes
 every later run costlier must clear a margin raised by ``COST_WEIGHT`` per doubling of the
-cost. A run is pruned only when it is clearly lost: its learning rate has annealed (or most
-of its epochs are done) and it is several noise widths below the incumbent's final score,
+cost. A change that scores no lower and makes every later run at most ``CHEAPER`` as long is
+kept too (the same score for half the seconds is progress; measured seconds of short runs
+swing by a third, so a smaller saving is not trusted).
+
+A run is pruned only when it is clearly lost: its learning rate has annealed (or most of its
+epochs are done) and it is several noise widths below the incumbent's final score,
 or it trails the incumbent at the same epoch by more than ``prune_margin`` and by several
 times the incumbent's swing.
 """
@@ -29,6 +33,7 @@ from typing import Any
 
 Z = 1.0  # noise widths a gain must exceed: a neutral change then passes about 1 time in 6
 COST_WEIGHT = 0.25  # extra margin per doubling of the run time, as a fraction of the margin
+CHEAPER = 0.5  # a no-worse change is kept when runs take at most this share of the time
 PRUNE_WIDTHS = (
     3.0  # noise widths below the incumbent's final score that a finished-looking run may trail
 )
@@ -77,6 +82,7 @@ class Verdict:
     margin: float
     noise: Noise
     cost_ratio: float
+    cheaper: bool = False  # kept (or keepable) as no worse and at most CHEAPER the cost
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -84,6 +90,7 @@ class Verdict:
             "margin": round(self.margin, 6),
             "noise": self.noise.to_json(),
             "cost_ratio": round(self.cost_ratio, 3),
+            "cheaper": self.cheaper,
         }
 
 
@@ -129,7 +136,8 @@ def decide(
     )
     margin = required_margin(noise, min_delta, cost_ratio)
     gain = candidate.metric - incumbent.metric
-    return Verdict(gain > margin, gain, margin, noise, cost_ratio)
+    cheaper = gain >= 0 and cost_ratio <= CHEAPER
+    return Verdict(gain > margin or cheaper, gain, margin, noise, cost_ratio, cheaper)
 
 
 def measurement(
