@@ -235,6 +235,7 @@ _IMPORTS = (
     Import("argparse"),
     Import("contextlib"),
     Import("copy"),
+    Import("ctypes"),
     Import("gzip"),
     Import("hashlib"),
     Import("json"),
