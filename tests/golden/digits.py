@@ -22,8 +22,6 @@ Warnings go to standard error.
 from __future__ import annotations
 
 import argparse
-import contextlib
-import ctypes
 import json
 import math
 import sys
@@ -97,14 +95,6 @@ def is_out_of_memory(exc: Exception) -> bool:
 
 def warn(message: str) -> None:
     print(f"warning: {message}", file=sys.stderr, flush=True)
-
-
-def release_free_memory() -> None:
-    """Give the C allocator's free pages back to the system (glibc; elsewhere nothing).
-    Training and evaluation free batches of different sizes, and what one phase freed would
-    otherwise stay resident through the next (a streamed run's peak grew by a sixth)."""
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
 @dataclass(frozen=True)
@@ -385,7 +375,6 @@ def loss_fn(logits: Tensor, targets: Tensor) -> Tensor:
 def evaluate(model: nn.Module, split: Split, data: Data, runtime: Runtime) -> tuple[float, float]:
     """Mean cross-entropy and the spec's metric of the model on a split."""
     model.eval()
-    release_free_memory()
     loss_sum = torch.zeros((), device=runtime.device)
     predictions: list[Tensor] = []
     targets: list[Tensor] = []

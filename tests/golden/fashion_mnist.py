@@ -22,8 +22,6 @@ Warnings go to standard error.
 from __future__ import annotations
 
 import argparse
-import contextlib
-import ctypes
 import gzip
 import json
 import math
@@ -102,14 +100,6 @@ def is_out_of_memory(exc: Exception) -> bool:
 
 def warn(message: str) -> None:
     print(f"warning: {message}", file=sys.stderr, flush=True)
-
-
-def release_free_memory() -> None:
-    """Give the C allocator's free pages back to the system (glibc; elsewhere nothing).
-    Training and evaluation free batches of different sizes, and what one phase freed would
-    otherwise stay resident through the next (a streamed run's peak grew by a sixth)."""
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
 @dataclass(frozen=True)
@@ -550,7 +540,6 @@ def evaluate(model: nn.Module, split: Split, data: Data, runtime: Runtime) -> tu
     """Mean cross-entropy and the spec's metric of the model on a split, logits averaged
     over the test-time augmentation views."""
     model.eval()
-    release_free_memory()
     loss_sum = torch.zeros((), device=runtime.device)
     predictions: list[Tensor] = []
     targets: list[Tensor] = []
