@@ -151,6 +151,9 @@ def run_script(
         log.flush()
         try:
             process = _start(command, env, fork_server, log)
+            # The run's clock (its seconds and its time limit) starts with the process: a
+            # first fork that waited for the server's imports costs no more than the rest.
+            started = time.monotonic()
         except OSError as exc:
             reason = f"cannot start the training process: {exc.strerror or exc}"
             log.write(reason + "\n")

@@ -200,3 +200,27 @@ def test_a_server_still_importing_is_not_waited_for(
     began = time.monotonic()
     server.close()
     assert time.monotonic() - began < 3
+
+
+def test_a_run_that_waited_for_the_imports_is_timed_from_its_fork(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The loop compares the cost of runs: the first one (the baseline) must not be charged
+    # for the server's imports, nor be cut by its time limit while it waits for them.
+    (tmp_path / "slow_to_import.py").write_text("import time\ntime.sleep(2)\n")
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path))
+    script = tmp_path / "ok.py"
+    script.write_text(
+        'import json\nprint(json.dumps({"event": "result", "status": "ok", "metric": "accuracy",'
+        ' "val_accuracy": 0.5}))\n'
+    )
+    server = ForkServer(preload=("slow_to_import",))
+    try:
+        began = time.monotonic()
+        result = run_script(script, tmp_path / "out", fork_server=server, timeout=1.5)
+        waited = time.monotonic() - began
+    finally:
+        server.close()
+    assert result.status == "ok" and result.metric == 0.5
+    assert "started without the fork server" not in result.log_path.read_text()
+    assert waited >= 1.9 and result.seconds < 1.0, (waited, result.seconds)

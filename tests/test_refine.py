@@ -116,7 +116,7 @@ def test_invalid_rejected_cached_pruned_and_accepted_attempts(tmp_path: Path) ->
         {"block": "train", "text": crawl, "rationale": "a learning rate that cannot learn"},
         {
             "block": "model",
-            "text": "model {\n  arch = cnn(channels = [32, 64])\n}\n",
+            "text": "model {\n  arch = cnn(channels = [16, 32, 64])\n}\n",
             "rationale": "convolutions",
         },
     ]
@@ -146,7 +146,7 @@ def test_invalid_rejected_cached_pruned_and_accepted_attempts(tmp_path: Path) ->
     assert result.start_metric is not None and pruned.metric is not None
     assert pruned.metric < result.start_metric - 0.1
     assert result.best_iteration == 5 and result.spec_updated
-    assert "arch = cnn(channels = [32, 64])" in spec.read_text()
+    assert "arch = cnn(channels = [16, 32, 64])" in spec.read_text()
     assert check_accepted_changes(RunDir(result.run_dir)) == 1
 
 
