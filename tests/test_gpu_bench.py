@@ -22,6 +22,9 @@ FASHION = Path("/usr/share/datasets/fashion-mnist")
 )
 def test_the_gpu_bench_dry_run_produces_every_figure(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("OPENAI_")}
+    # One thread per training process: the slow tier runs beside this on a second worker, and
+    # two processes each spinning two threads on two cores take 4x as long, not 2x.
+    env["OMP_NUM_THREADS"] = "1"
     proc = subprocess.run(
         [
             sys.executable,
