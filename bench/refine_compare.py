@@ -93,7 +93,7 @@ def run_loop_arm(arm: str, spec: Path, seed: int, args: argparse.Namespace) -> d
             "status": r.status,
             "metric": r.metric if r.status in ("accepted", "rejected", "cached") else None,
             # The training process's seconds, as for Optuna's runs (a record's own seconds
-            # also count compiling, and for the baseline, starting the fork server).
+            # also count compiling).
             "seconds": float(r.extras.get("train_seconds") or r.seconds),
             "change": r.extras.get("move", ""),
         }

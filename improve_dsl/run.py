@@ -59,8 +59,9 @@ class RunResult:
     ``metric`` is the final score (only when ``status == "ok"``); ``metric_name`` is its key in
     the events, e.g. ``val_accuracy``; ``history`` holds the ``epoch`` events in order;
     ``reason`` says in words why a run did not finish; ``seconds`` is the wall-clock time of
-    the whole subprocess. ``start`` and ``result`` are the script's own ``start`` and
-    ``result`` events when it printed them.
+    the training process, from its start (not counting a wait for the fork server).
+    ``start`` and ``result`` are the script's own ``start`` and ``result`` events when it
+    printed them.
     """
 
     status: RunStatus

@@ -137,14 +137,17 @@ def test_closing_the_server_ends_its_running_children(tmp_path: Path) -> None:
         os.kill(pid, 0)
 
 
+OK_SCRIPT = (
+    'import json\nprint(json.dumps({"event": "result", "status": "ok", "metric": "accuracy",'
+    ' "val_accuracy": 0.5}))\n'
+)
+
+
 def test_without_a_server_the_run_starts_the_ordinary_way_and_says_so(tmp_path: Path) -> None:
     server = ForkServer(preload=())
     server.close()
     script = tmp_path / "ok.py"
-    script.write_text(
-        'import json\nprint(json.dumps({"event": "result", "status": "ok", "metric": "accuracy",'
-        ' "val_accuracy": 0.5}))\n'
-    )
+    script.write_text(OK_SCRIPT)
     with pytest.raises(ForkServerError):
         server.spawn([sys.executable, str(script)], env=dict(os.environ))
     result = run_script(script, tmp_path / "out", fork_server=server)
@@ -210,10 +213,7 @@ def test_a_run_that_waited_for_the_imports_is_timed_from_its_fork(
     (tmp_path / "slow_to_import.py").write_text("import time\ntime.sleep(2)\n")
     monkeypatch.setenv("PYTHONPATH", str(tmp_path))
     script = tmp_path / "ok.py"
-    script.write_text(
-        'import json\nprint(json.dumps({"event": "result", "status": "ok", "metric": "accuracy",'
-        ' "val_accuracy": 0.5}))\n'
-    )
+    script.write_text(OK_SCRIPT)
     server = ForkServer(preload=("slow_to_import",))
     try:
         began = time.monotonic()
