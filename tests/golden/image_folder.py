@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import ctypes
 import hashlib
 import json
 import math
@@ -316,16 +315,6 @@ def memory_budget(device: torch.device) -> int:
     return budget
 
 
-def map_large_allocations() -> None:
-    """Let glibc's allocator give every block of 4 MiB or more back to the system when it is
-    freed (elsewhere nothing). By default it keeps them for reuse, and a streamed run's
-    batches, augmented copies and activations then stay resident as freed memory: measured,
-    a third of the run's peak. The price is a page fault per reused page, paid only by runs
-    that stream because memory is short."""
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL("libc.so.6").mallopt(-3, 2**22)  # M_MMAP_THRESHOLD
-
-
 class ImageCache:
     """A folder's decoded images, read by positioned reads of images.npy.
 
@@ -354,8 +343,6 @@ class ImageCache:
         if self.stream is None:
             budget = memory_budget(device)
             self.stream = self.decoded_bytes > budget
-            if self.stream and device.type == "cpu":
-                map_large_allocations()
             emit(
                 {
                     "event": "data",
