@@ -146,15 +146,12 @@ def run_script(
     env["PYTHONUNBUFFERED"] = "1"  # events must arrive as they happen, not at exit
     env.update(extra_env or {})
 
-    started = time.monotonic()
     with open(log_path, "w", encoding="utf-8", errors="replace") as log:
         log.write("$ " + " ".join(command) + "\n")
         log.flush()
+        asked = time.monotonic()
         try:
             process = _start(command, env, fork_server, log)
-            # The run's clock (its seconds and its time limit) starts with the process: a
-            # first fork that waited for the server's imports costs no more than the rest.
-            started = time.monotonic()
         except OSError as exc:
             reason = f"cannot start the training process: {exc.strerror or exc}"
             log.write(reason + "\n")
@@ -164,9 +161,12 @@ def run_script(
                 f"{split}_accuracy",
                 [],
                 reason,
-                time.monotonic() - started,
+                time.monotonic() - asked,
                 log_path,
             )
+        # The run's clock (its seconds and its time limit) starts with the process: a first
+        # fork that waited for the server's imports costs no more than the rest.
+        started = time.monotonic()
         if on_spawn is not None:
             on_spawn(process.pid)
         watcher = _Watcher(process, log, split, on_event, timeout, started)
