@@ -14,6 +14,7 @@ from pathlib import Path
 
 from . import __version__
 from .check import ModelReport, check_model
+from .check import check_data as check_data_shape
 from .ir import Spec
 from .paths import grammar_dir, templates_dir
 from .render import render_script
@@ -39,9 +40,17 @@ class Compiled:
 
 
 def compile_spec(
-    path: Path | None = None, *, text: str | None = None, check_shapes: bool = True
+    path: Path | None = None,
+    *,
+    text: str | None = None,
+    check_shapes: bool = True,
+    check_data: bool | None = None,
 ) -> Compiled:
     """Parse, validate and render a spec (from ``path``, or ``text`` named ``path``).
+
+    ``check_shapes`` builds the model on the meta device (this imports torch, seconds in a
+    fresh process); ``check_data`` (by default: as ``check_shapes``) reads only the dataset's
+    shape, without torch. Parsing, validating and rendering never import torch.
 
     Raises ``DiagnosticError`` for any problem in the spec, located in its source;
     ``render.RenderError`` only for a defect in improve's own templates.
@@ -53,7 +62,11 @@ def compile_spec(
     ast = parse(text, str(path) if path is not None else "<spec>")
     spec = validate(ast)
     script = render_script(spec)
-    report = check_model(spec, ast, script) if check_shapes else None
+    report = None
+    if check_shapes:
+        report = check_model(spec, ast, script)
+    elif check_data:
+        check_data_shape(spec, ast)
     return Compiled(ast, spec, script, report)
 
 

@@ -24,7 +24,7 @@ from black.parsing import InvalidInput
 
 from . import registry
 from .ir import Op, Spec
-from .paths import templates_dir
+from .paths import templates_dir, user_cache_dir
 from .registry import ParamValue
 
 SKELETON = "train.py.jinja"
@@ -93,9 +93,14 @@ def comment_text(value: object) -> str:
 
 @functools.lru_cache(maxsize=1)
 def environment() -> jinja2.Environment:
-    """The one Jinja environment: strict undefined, block-trimming, our filters."""
+    """The one Jinja environment: strict undefined, block-trimming, our filters.
+
+    Compiled templates are kept in the user's private cache folder (Jinja checks each
+    against its source), so a fresh process does not compile the templates again.
+    """
     env = jinja2.Environment(
         loader=jinja2.FileSystemLoader(templates_dir()),
+        bytecode_cache=_bytecode_cache(),
         undefined=jinja2.StrictUndefined,
         trim_blocks=True,
         lstrip_blocks=True,
@@ -108,6 +113,17 @@ def environment() -> jinja2.Environment:
     env.filters["docstring"] = docstring_text
     env.filters["comment"] = comment_text
     return env
+
+
+def _bytecode_cache() -> jinja2.BytecodeCache | None:
+    cache = user_cache_dir()
+    if cache is None:
+        return None
+    try:
+        (cache / "templates").mkdir(mode=0o700, exist_ok=True)
+    except OSError:
+        return None
+    return jinja2.FileSystemBytecodeCache(str(cache / "templates"))
 
 
 # ---------------------------------------------------------------- the context

@@ -5,6 +5,7 @@ from __future__ import annotations
 import ast
 import dataclasses
 import functools
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -357,6 +358,48 @@ def test_compile_verb_writes_the_script(tmp_path: Path, capsys: pytest.CaptureFi
         "specs/digits.imp", str(ROOT / "specs" / "digits.imp")
     )
     assert f"wrote {out}" in capsys.readouterr().err
+
+
+def test_compile_verb_does_not_import_torch_unless_asked_to_build_the_model(
+    tmp_path: Path,
+) -> None:
+    """Parsing, validating and rendering need no torch (seconds in a fresh process); the
+    meta-device model check is opt-in, and then a model that does not fit is located."""
+    probe = (
+        "import sys\n"
+        "from improve_dsl import cli\n"
+        "code = cli.main(sys.argv[1:])\n"
+        "print('torch imported' if 'torch' in sys.modules else 'no torch', code)\n"
+    )
+    command = [sys.executable, "-c", probe, "compile", "specs/fashion_mnist.imp"]
+    plain = subprocess.run(
+        [*command, "-o", str(tmp_path / "a.py")], cwd=ROOT, capture_output=True, text=True
+    )
+    assert plain.stdout.split() == ["no", "torch", "0"], plain.stderr
+    assert "parameters" not in plain.stderr
+    checked = subprocess.run(
+        [*command, "--check-model", "-o", str(tmp_path / "b.py")],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
+    assert checked.stdout.split() == ["torch", "imported", "0"], checked.stderr
+    assert "308K parameters" in checked.stderr
+    assert (tmp_path / "a.py").read_text() == (tmp_path / "b.py").read_text()
+    too_deep = tmp_path / "deep.imp"
+    digits = (ROOT / "specs" / "digits.imp").read_text()
+    too_deep.write_text(
+        re.sub(r"arch = .*", "arch = cnn(channels = [16, 32, 64, 128])", digits, count=1)
+    )
+    refused = subprocess.run(
+        [sys.executable, "-m", "improve_dsl.cli", "compile", str(too_deep), "--check-model"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
+    assert refused.returncode == 2
+    assert "error: the model does not fit 1x8x8 images" in refused.stderr
+    assert "Traceback" not in refused.stderr
 
 
 def test_compile_verb_prints_to_stdout_and_fails_on_a_bad_spec(

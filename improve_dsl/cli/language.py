@@ -214,15 +214,23 @@ def add_compile(verbs: Verbs) -> None:
         help="compile a spec to a standalone PyTorch training script",
         description="Check SPEC (diagnostics: exit 2) and write the training "
         "script it compiles to: one black-formatted file that needs only torch, "
-        "torchvision and numpy. Run it with `python train.py --help`.",
+        "torchvision and numpy. Run it with `python train.py --help`. Compiling does not "
+        "import torch; --check-model (or `improve check -v`) also builds the model.",
     )
     p.add_argument("spec", metavar="SPEC")
     p.add_argument("-o", "--output", metavar="FILE", help="write the script here (default: stdout)")
-    p.add_argument(
+    checks = p.add_mutually_exclusive_group()
+    checks.add_argument(
+        "--check-model",
+        action="store_true",
+        help="also build the model on the meta device for the dataset's images (imports "
+        "torch: a few seconds) and report its parameters and FLOPs; `improve run` and "
+        "`improve refine` always do",
+    )
+    checks.add_argument(
         "--no-check",
         action="store_true",
-        help="skip building the model on the meta device (e.g. when the dataset is "
-        "not on this machine)",
+        help="skip the dataset check too (e.g. when the dataset is not on this machine)",
     )
     p.set_defaults(func=cmd_compile)
 
@@ -233,7 +241,9 @@ def cmd_compile(args: argparse.Namespace) -> int:
     from ..render import RenderError
 
     try:
-        compiled = compile_spec(Path(args.spec), check_shapes=not args.no_check)
+        compiled = compile_spec(
+            Path(args.spec), check_shapes=args.check_model, check_data=not args.no_check
+        )
     except RenderError as exc:  # a defect in improve's templates, not in the spec
         err(f"internal error while rendering the script: {exc}")
         return EXIT_FAILED
