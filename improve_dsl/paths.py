@@ -46,3 +46,18 @@ def user_cache_dir() -> Path | None:
     except (OSError, RuntimeError):  # RuntimeError: no home directory can be determined
         return None
     return path
+
+
+def compile_cache_env() -> dict[str, str]:
+    """Where torch.compile keeps what it compiled, for every training run improve starts:
+    ``TORCHINDUCTOR_CACHE_DIR`` (``$XDG_CACHE_HOME/improve/inductor``) and
+    ``TRITON_CACHE_DIR`` beside it, so that one candidate's compile is the next one's cache
+    hit. Only the variables the user has not set; none without a user cache folder."""
+    cache = user_cache_dir()
+    if cache is None:
+        return {}
+    wanted = {
+        "TORCHINDUCTOR_CACHE_DIR": str(cache / "inductor"),
+        "TRITON_CACHE_DIR": str(cache / "triton"),
+    }
+    return {name: value for name, value in wanted.items() if not os.environ.get(name)}

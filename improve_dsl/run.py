@@ -24,7 +24,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, Literal, Protocol
 
-from .forkserver import ForkServer, ForkServerError
+from .forkserver import ForkedProcess, ForkServerError
+from .paths import compile_cache_env
 
 RunStatus = Literal["ok", "failed", "timeout", "nan", "oom", "pruned", "interrupted"]
 Event = dict[str, Any]
@@ -33,6 +34,16 @@ Event = dict[str, Any]
 _TERM_GRACE = 3.0
 # How many trailing stderr lines a crash report carries.
 _STDERR_TAIL = 8
+
+
+class Spawner(Protocol):
+    """A fork server: ``forkserver.ForkServer`` (one caller's) or ``resident``'s."""
+
+    name: str
+
+    def spawn(
+        self, argv: Sequence[str], *, env: Mapping[str, str], cwd: Path | None = None
+    ) -> ForkedProcess: ...
 
 
 class TrainingProcess(Protocol):
@@ -117,7 +128,7 @@ def run_script(
     on_event: Callable[[Event], bool] | None = None,
     extra_env: Mapping[str, str] | None = None,
     extra_args: Sequence[str] = (),
-    fork_server: ForkServer | None = None,
+    fork_server: Spawner | None = None,
     on_spawn: Callable[[int], None] | None = None,
 ) -> RunResult:
     """Train with ``script`` on ``split`` and return what happened.
@@ -129,6 +140,8 @@ def run_script(
     ``KeyboardInterrupt``. With a ``fork_server`` the script runs as a fork of it (torch
     already imported), or as an ordinary subprocess when the server cannot start it.
     ``on_spawn`` is told the process id (also its process group) once the run has started.
+    The run's environment is ours, plus ``extra_env``, plus the shared compile caches
+    (``paths.compile_cache_env``) where the user has not set them.
     """
     out_dir.mkdir(parents=True, exist_ok=True)
     log_path = out_dir / "log"
@@ -142,7 +155,7 @@ def run_script(
         threads=threads,
         extra_args=extra_args,
     )
-    env = dict(os.environ)
+    env = {**compile_cache_env(), **os.environ}
     env["PYTHONUNBUFFERED"] = "1"  # events must arrive as they happen, not at exit
     env.update(extra_env or {})
 
@@ -182,14 +195,18 @@ def run_script(
 
 
 def _start(
-    command: list[str], env: dict[str, str], fork_server: ForkServer | None, log: IO[str]
+    command: list[str], env: dict[str, str], fork_server: Spawner | None, log: IO[str]
 ) -> TrainingProcess:
     """The running script: a fork of ``fork_server`` where it can, else a subprocess."""
     if fork_server is not None:
         try:
-            return fork_server.spawn(command, env=env)
+            forked = fork_server.spawn(command, env=env)
         except ForkServerError as exc:
             log.write(f"improve: started without the fork server ({exc})\n")
+        else:
+            log.write(f"improve: started as a fork of {fork_server.name}\n")
+            log.flush()
+            return forked
     return subprocess.Popen(
         command,
         stdin=subprocess.DEVNULL,

@@ -22,6 +22,8 @@ from pathlib import Path
 
 import pytest
 
+from improve_dsl.resident import stop_servers
+
 
 def pytest_configure(config: pytest.Config) -> None:
     # A job started in the background by a non-interactive shell (nohup, some CI runners)
@@ -37,8 +39,14 @@ def _session_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
     folder of this test session, so tests neither read nor fill the real one."""
     patch = pytest.MonkeyPatch()
     patch.setenv("XDG_CACHE_HOME", str(tmp_path_factory.mktemp("user-cache")))
+    # `improve run` leaves a resident fork server behind: the session's own, short-lived,
+    # and ended with the session (by the pid in its lock file), so none outlives the tests.
+    runtime = tmp_path_factory.mktemp("runtime")
+    patch.setenv("XDG_RUNTIME_DIR", str(runtime))
+    patch.setenv("IMPROVE_FORK_SERVER_IDLE", "20")
     yield
     patch.undo()
+    stop_servers(runtime / "improve")
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:

@@ -23,6 +23,7 @@ import pytest
 from conftest import ImproveCall, improve_env, run_improve
 
 from improve_dsl.forkserver import ForkServer
+from improve_dsl.resident import ResidentForkServer
 from improve_dsl.run import RunResult, read_metrics, run_script
 
 REPO = Path(__file__).resolve().parent.parent
@@ -107,12 +108,26 @@ def fork_server() -> Iterator[ForkServer]:
 Runner = Callable[..., RunResult]
 
 
-@pytest.fixture(params=["subprocess", "fork server"])
-def run(request: pytest.FixtureRequest, fork_server: ForkServer) -> Runner:
-    """``run_script`` starting the script either way: every ending must look the same."""
+@pytest.fixture(scope="module")
+def resident_server() -> Iterator[ResidentForkServer]:
+    """The resident server `improve run` uses (the session's own runtime folder)."""
+    server = ResidentForkServer(preload=())
+    yield server
+    server.close()
+
+
+@pytest.fixture(params=["subprocess", "fork server", "resident fork server"])
+def run(
+    request: pytest.FixtureRequest,
+    fork_server: ForkServer,
+    resident_server: ResidentForkServer,
+) -> Runner:
+    """``run_script`` starting the script every way: every ending must look the same."""
     if request.param == "subprocess":
         return run_script
-    return functools.partial(run_script, fork_server=fork_server)
+    if request.param == "fork server":
+        return functools.partial(run_script, fork_server=fork_server)
+    return functools.partial(run_script, fork_server=resident_server)
 
 
 def _env(mode: str, **extra: str) -> dict[str, str]:
@@ -404,11 +419,12 @@ def test_bad_flags_exit_2(
 
 
 def test_a_failed_run_exits_1_with_a_one_line_reason(tmp_path: Path) -> None:
-    (tmp_path / "digits.imp").write_text(DIGITS.replace("epochs = 4", "epochs = 500"))
-    args = ("run", "digits.imp", "--out", "r", "--timeout", "4")
+    # 1000 epochs take 7 s even as a fork of a warm resident server.
+    (tmp_path / "digits.imp").write_text(DIGITS.replace("epochs = 4", "epochs = 1000"))
+    args = ("run", "digits.imp", "--out", "r", "--timeout", "2")
     proc = run_improve(*args, cwd=tmp_path, env=_threads_env())  # the real program: exit 1
     assert proc.returncode == 1
-    assert "improve: error: the run failed (timeout): stopped after the time limit of 4 s" in (
+    assert "improve: error: the run failed (timeout): stopped after the time limit of 2 s" in (
         proc.stderr
     )
     assert f"see {Path('r') / 'log'}" in proc.stderr
@@ -439,9 +455,15 @@ def test_ctrl_c_stops_improve_run_cleanly(tmp_path: Path) -> None:
     for line in proc.stderr:  # wait until training is under way
         if line.startswith("epoch 1/"):
             break
+    # A subprocess names the script on its command line; a fork of the resident server
+    # has the server's, but works in the command's folder.
     script = str(tmp_path / "r" / "train.py")
     children = [
-        p for p in Path("/proc").iterdir() if p.name.isdigit() and script.encode() in _cmdline(p)
+        p
+        for p in Path("/proc").iterdir()
+        if p.name.isdigit()
+        and p.name != str(proc.pid)
+        and (script.encode() in _cmdline(p) or _cwd(p) == tmp_path)
     ]
     assert children, "the training process should be running"
     proc.send_signal(signal.SIGINT)
@@ -450,6 +472,13 @@ def test_ctrl_c_stops_improve_run_cleanly(tmp_path: Path) -> None:
     assert "interrupted" in err and "Traceback" not in err
     for child in children:
         assert not _alive(int(child.name))
+
+
+def _cwd(proc_dir: Path) -> Path | None:
+    try:
+        return (proc_dir / "cwd").resolve(strict=True)
+    except OSError:
+        return None
 
 
 def _cmdline(proc_dir: Path) -> bytes:

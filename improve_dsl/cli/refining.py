@@ -38,8 +38,9 @@ experts:
   replay:FILE      proposals read from a file (.jsonl or .imp), for reproducible runs
   The default is openai when OPENAI_API_KEY or --base-url is set, else heuristic.
 
-On a CPU the candidates start as forks of a helper that has imported torch once (about a
-second each besides training, instead of about six); IMPROVE_FORK_SERVER=0 turns it off.
+The candidates start as forks of a helper that has imported torch once, on CPUs and GPUs
+(about a second each besides training, instead of about six); IMPROVE_FORK_SERVER=0 turns
+it off.
 
 grammar (--grammar, or $IMPROVE_GRAMMAR; the mode used is journalled per attempt):
   auto   ask the server once who it is and send the strongest constraint it takes:

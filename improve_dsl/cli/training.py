@@ -13,6 +13,7 @@ from . import common
 from .common import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, UsageError, Verbs, err
 
 if TYPE_CHECKING:
+    from ..resident import ResidentForkServer
     from ..tracking import TrainingRun
 
 
@@ -53,19 +54,38 @@ def _tracked_run(spec_path: Path, split: str) -> TrainingRun:
 
 
 def _train(args: argparse.Namespace, split: str) -> int:
-    """Compile SPEC, write the script into the run directory and train on ``split``."""
+    """Compile SPEC, write the script into the run directory and train on ``split``.
+
+    The script starts as a fork of the resident fork server (``resident.py``), which has
+    imported torch already; asked for first, a server that has to start imports while the
+    spec compiles. A spec compiled and checked before comes from ``compiled_cache``.
+    """
+    from .. import forkserver
+    from ..resident import ResidentForkServer
+
+    server = ResidentForkServer() if forkserver.wanted() else None
+    try:
+        return _compile_and_train(args, split, server)
+    finally:
+        if server is not None:
+            server.close()
+
+
+def _compile_and_train(
+    args: argparse.Namespace, split: str, server: ResidentForkServer | None
+) -> int:
     import shutil
 
     from rich.console import Console
 
-    from ..compiler import compile_spec
+    from ..compiled_cache import compile_for_run
     from ..progress import EpochProgress
     from ..run import default_run_dir, run_script
 
     spec_path = Path(args.spec)
     # MLflow first: an unusable store is reported before any compiling or training.
     tracked = _tracked_run(spec_path, split) if args.mlflow else None
-    compiled = compile_spec(spec_path)
+    compiled = compile_for_run(spec_path)
     out = Path(args.out) if args.out else default_run_dir(spec_path, split)
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -74,7 +94,7 @@ def _train(args: argparse.Namespace, split: str) -> int:
     except OSError as exc:
         raise UsageError(f"cannot write the run directory {out}: {exc.strerror or exc}") from None
     console = Console(stderr=True)
-    label = compiled.spec.pipeline.name + (" (test split)" if split == "test" else "")
+    label = compiled.pipeline + (" (test split)" if split == "test" else "")
     try:
         with EpochProgress(console, label) as progress:
 
@@ -91,6 +111,7 @@ def _train(args: argparse.Namespace, split: str) -> int:
                 seed=args.seed,
                 timeout=getattr(args, "timeout", None),
                 on_event=on_event,
+                fork_server=server,
             )
     except KeyboardInterrupt:
         if tracked is not None:

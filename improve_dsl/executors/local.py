@@ -2,8 +2,9 @@
 
 Each job runs ``run.run_script`` in a worker thread (the training itself is a subprocess, so
 threads are enough). With several GPUs every running job sees one of them through
-``CUDA_VISIBLE_DEVICES``; on CPU the cores are divided between concurrent jobs, and the
-scripts start as forks of a fork server that has imported torch once (``forkserver.py``).
+``CUDA_VISIBLE_DEVICES``; on CPU the cores are divided between concurrent jobs. On CPUs and
+GPUs alike the scripts start as forks of a fork server that has imported torch once
+(``forkserver.py``; on an H200 a refinement ran 1.45x faster this way, every run fine).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from dataclasses import replace
 from typing import Any
 
 from .. import forkserver
+from ..paths import compile_cache_env
 from ..run import RunResult, run_script
 from .base import Executor, JobHandle, TrainJob
 
@@ -57,9 +59,9 @@ class LocalExecutor(Executor):
 
     ``gpus`` (default: detected for ``device``) are handed out one per running job;
     ``threads`` per job default to the CPU cores divided between the slots. ``fork_server``
-    (default: on for CPU runs on Linux unless ``IMPROVE_FORK_SERVER=0``; on GPU runs too with
-    ``IMPROVE_FORK_SERVER=always``) starts the scripts
-    as forks of a process that has imported torch already.
+    (default: on, on Linux, for CPU and GPU runs, unless ``IMPROVE_FORK_SERVER=0``) starts
+    the scripts as forks of a process that has imported torch already; that process and
+    the runs share the compile caches of ``paths.compile_cache_env``.
     """
 
     def __init__(
@@ -87,13 +89,14 @@ class LocalExecutor(Executor):
         self._lock = threading.Lock()
         self._running: dict[int, int] = {}  # slot → the process group of its training run
         self._handles: list[LocalHandle] = []
-        on_cpu = device == "cpu" or (device == "auto" and not self.gpus)
         if fork_server is None:
-            fork_server = (on_cpu and forkserver.wanted()) or forkserver.forced()
+            fork_server = forkserver.wanted()
         self._fork_server: forkserver.ForkServer | None = None
         if fork_server:
+            # torch may read the compile caches' folders as it imports: the server too
+            env = {**compile_cache_env(), **os.environ}
             with contextlib.suppress(OSError):  # without one, runs start the ordinary way
-                self._fork_server = forkserver.ForkServer()
+                self._fork_server = forkserver.ForkServer(env=env)
 
     # ------------------------------------------------------------ the interface
 

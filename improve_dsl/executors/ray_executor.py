@@ -40,6 +40,8 @@ MISSING_RAY = "--executor ray needs Ray: pip install 'improve-dsl[ray]'"
 
 # Files a run leaves in its out_dir that are shipped back; anything larger stays behind.
 DEFAULT_MODEL_LIMIT = 64 * 2**20
+# The driver's compile caches, passed to workers that set none (a shared folder, say).
+PASSED_ON = ("TORCHINDUCTOR_CACHE_DIR", "TRITON_CACHE_DIR")
 # How often the driver looks for finished tasks and new events (seconds).
 _POLL = 0.2
 # Ray errors that mean the worker (or its node) went away rather than the task failing.
@@ -130,15 +132,22 @@ def run_on_worker(
     channel: Any,
     model_limit: int,
     driver_data: str | None,
+    driver_env: dict[str, str] | None = None,
 ) -> WorkerReply:
     """The body of a Ray task: write the script to a temporary folder, train, collect files.
 
     ``options`` are :func:`run_script`'s keyword arguments (split, device, seed, ...).
+    ``driver_env`` holds the variables of :data:`PASSED_ON` the user set on the driver; a
+    worker that has none of its own gets them. The compile caches otherwise default to the
+    worker's own user cache folder (``run_script`` sets them), shared by its tasks.
     """
     ray = import_ray()
     env: dict[str, str] = {}
     if driver_data and not os.environ.get("IMPROVE_DATA"):
         env["IMPROVE_DATA"] = driver_data  # same path on every node (a shared filesystem)
+    for name, value in (driver_env or {}).items():
+        if name in PASSED_ON and value and not os.environ.get(name):
+            env[name] = value
 
     def on_event(event: dict[str, Any]) -> bool:
         try:
@@ -345,6 +354,7 @@ class RayExecutor(Executor):
                 self._channel,
                 self.model_limit,
                 os.environ.get("IMPROVE_DATA"),
+                {name: os.environ[name] for name in PASSED_ON if os.environ.get(name)},
             )
             self._running[handle.ref] = handle
 
