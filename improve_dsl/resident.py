@@ -115,7 +115,8 @@ def server_key(preload: Sequence[str], env: Mapping[str, str]) -> str:
             if spec is not None and spec.origin:
                 libraries[name] = [spec.origin, os.stat(spec.origin).st_mtime_ns]
     facts = {
-        "python": sys.executable,
+        # `python` and `python3` of one virtual environment are the same interpreter
+        "python": [os.path.dirname(sys.executable), os.path.realpath(sys.executable)],
         "version": __version__,
         "code": code.hexdigest(),
         "preload": list(preload),

@@ -207,3 +207,16 @@ def test_the_local_executor_forks_gpu_runs_by_default(
         assert (executor._fork_server is not None) == (expected and sys.platform == "linux")
     finally:
         executor.close()
+
+
+def test_a_ray_task_gets_the_drivers_compile_caches_when_its_worker_has_none(
+    runtime: Path, tmp_path: Path
+) -> None:
+    pytest.importorskip("ray")
+    from improve_dsl.executors.ray_executor import run_on_worker
+
+    passed = {"TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "shared"), "OTHER": "not passed"}
+    reply = run_on_worker("job", "probe.py", PROBE, {}, None, 2**20, None, passed)
+    assert reply.result.ok and reply.result.result is not None
+    assert reply.result.result["inductor"] == str(tmp_path / "shared")
+    assert reply.result.result["triton"] == str(tmp_path / "cache" / "improve" / "triton")
