@@ -67,7 +67,7 @@ class TrainBlock:
     schedule: Op
     loss: Op
     precision: str
-    compile: bool
+    compile: str  # auto, true or false
     ema: Op | None
     clip_grad_norm: float | None
     early_stopping: int | None

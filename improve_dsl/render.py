@@ -193,6 +193,7 @@ class ScriptContext:
     schedule_arguments: tuple[str, ...] | None  # lr_factor's after `step`; None: no scheduler
     loss_template: str
     ema_template: str | None
+    graph_blocker: str | None  # why the step cannot be one CUDA graph; None: it can
     tta_templates: tuple[str, ...]
     tta_calls: tuple[OpCall, ...]
     imports: tuple[Import, ...]
@@ -226,7 +227,7 @@ _WHY = {
     "LABEL_SMOOTHING": "softened targets: less over-confidence, often better accuracy",
     "EMA_DECAY": "per step, warmed up so short runs are not dominated by the initial weights",
     "PRECISION": "auto: bf16 autocast on CUDA, fp32 on CPU; bf16 also on CPUs with native bf16",
-    "COMPILE": "torch.compile the model (pays off on CUDA for runs longer than a minute)",
+    "COMPILE": "torch.compile the model; auto: only on CUDA runs long enough to repay it",
     "MEMORY_BUDGET": "GiB of decoded images kept in memory, else streamed (None: half of free)",
     "CACHE": "folder of the decode cache (None: the user's, ~/.cache/improve/folders)",
 }
@@ -313,6 +314,30 @@ def _field_constant(block: str, field: str, value: ParamValue) -> Constant:
     return Constant(name, value, _WHY.get(name, spec.doc))
 
 
+def _compile_constant(value: str) -> Constant:
+    """``COMPILE``: True or False as the spec says, or "auto" (the script decides)."""
+    constant = _field_constant("train", "compile", value)
+    flag = {"true": True, "false": False}.get(value)
+    return constant if flag is None else dataclasses.replace(constant, value=flag)
+
+
+def graph_blocker(spec: Spec) -> str | None:
+    """Why one CUDA graph cannot replay the spec's training step, or None when it can."""
+    if spec.train.precision == "fp16":
+        return "fp16 loss scaling reads the gradients' overflow flag on the host"
+    for op in spec.augment.ops:
+        comp = registry.component("augment", op.name)
+        if comp is not None and comp.graph_blocker is not None:
+            return comp.graph_blocker
+    return None
+
+
+def _graph_constant(spec: Spec) -> Constant:
+    blocker = graph_blocker(spec)
+    why = blocker or "on CUDA the step runs as one captured graph (--cuda-graph off: eager)"
+    return Constant("CUDA_GRAPH", blocker is None, why)
+
+
 def _constants(spec: Spec) -> tuple[ConstantGroup, ...]:
     train = spec.train
     groups = [
@@ -354,7 +379,8 @@ def _constants(spec: Spec) -> tuple[ConstantGroup, ...]:
                 *_op_constants("schedule", train.schedule),
                 *_op_constants("loss", train.loss),
                 _field_constant("train", "precision", train.precision),
-                _field_constant("train", "compile", train.compile),
+                _compile_constant(train.compile),
+                _graph_constant(spec),
                 *optional,
             ),
         )
@@ -431,6 +457,7 @@ def _context(spec: Spec, imports: tuple[Import, ...]) -> ScriptContext:
         schedule_arguments=_schedule_arguments(_template("schedule", spec.train.schedule)),
         loss_template=_template("loss", spec.train.loss),
         ema_template=_template("ema", spec.train.ema) if spec.train.ema is not None else None,
+        graph_blocker=graph_blocker(spec),
         tta_templates=tta_templates,
         tta_calls=tuple(OpCall(f"tta_{op.name}", tuple(op.params.items())) for op in spec.eval.tta),
         imports=imports,

@@ -109,8 +109,9 @@ def test_script_imports_only_torch_numpy_and_the_stdlib(spec: Path) -> None:
     top, nested = _imports(tree)
     assert top - sys.stdlib_module_names <= {"torch", "numpy"}, top
     # Loaders import what only they need, lazily: scikit-learn for digits, torchvision for its
-    # datasets, Pillow (which comes with torchvision) for image folders.
-    assert nested - sys.stdlib_module_names <= {"sklearn", "torchvision", "PIL"}, nested
+    # datasets, Pillow (which comes with torchvision) for image folders; torch's compiler
+    # counters only where the spec may compile.
+    assert nested - sys.stdlib_module_names <= {"sklearn", "torchvision", "PIL", "torch"}, nested
 
 
 @pytest.mark.parametrize("spec", SPECS, ids=[s.stem for s in SPECS])

@@ -5,7 +5,6 @@
 from __future__ import annotations
 
 import ast
-import difflib
 import shutil
 import subprocess
 import sys
@@ -115,22 +114,31 @@ def test_feature_goldens_are_mypy_clean() -> None:
 # ---------------------------------------------------------------- the clean-ups
 
 
-def test_precision_is_decided_in_one_place() -> None:
-    """Scripts for fp32 and fp16 differ only in the PRECISION constant (and the spec's hash):
-    editing the constant to "fp16" then trains with a GradScaler like a spec saying fp16."""
+def test_precision_is_decided_when_compiling() -> None:
+    """The compiler knows the spec's precision: only an fp16 script carries loss scaling,
+    only a bf16 script probes the CPU, and an fp32 script neither (nor any warning)."""
     spec = (ROOT / "tests" / "fixtures" / "features" / "fp16_clip_ema.imp").read_text()
     assert "precision = fp16" in spec
-    fp16 = render_script(load_text(spec, "s.imp")).splitlines()
-    fp32 = render_script(load_text(spec.replace("= fp16", "= fp32"), "s.imp")).splitlines()
-    changed = [
-        line.split("  #")[0]
-        for line in difflib.unified_diff(fp32, fp16, lineterm="", n=0)
-        if line[:1] in "+-" and not line.startswith(("+++", "---")) and "sha256" not in line.lower()
-    ]
-    assert changed == ['-PRECISION = "fp32"', '+PRECISION = "fp16"'], changed
-    script = "\n".join(fp32)
-    assert "scaler = torch.amp.GradScaler(" in script and "scaler.step(optimizer)" in script
-    assert "scaler.unscale_(optimizer)" in script  # clipping sees the true gradients
+    scripts = {
+        precision: render_script(load_text(spec.replace("= fp16", f"= {precision}"), "s.imp"))
+        for precision in ("fp16", "fp32", "bf16", "auto")
+    }
+    fp16 = scripts["fp16"]
+    assert "scaler = torch.amp.GradScaler(" in fp16 and "scaler.step(optimizer)" in fp16
+    assert "scaler.unscale_(optimizer)" in fp16  # clipping sees the true gradients
+    assert "torch.float16" in fp16 and "CUDA_GRAPH = False" in fp16
+    for precision in ("fp32", "bf16", "auto"):
+        assert "GradScaler" not in scripts[precision]
+        assert "torch.float16" not in scripts[precision]
+        assert "CUDA_GRAPH = True" in scripts[precision]
+    assert "def cpu_has_bf16" in scripts["bf16"]
+    for precision in ("fp16", "fp32", "auto"):
+        assert "cpu_has_bf16" not in scripts[precision]
+    assert "Runtime(device, torch.bfloat16" not in scripts["fp32"]
+    assert 'warn(f"precision' not in scripts["fp32"]
+    module = script_module(scripts["fp32"])
+    runtime = module.pick_runtime("cpu")
+    assert runtime.precision == "fp32" and runtime.amp_dtype is None
 
 
 def test_a_constant_schedule_has_no_scheduler_and_no_leftover_alias() -> None:
@@ -139,7 +147,8 @@ def test_a_constant_schedule_has_no_scheduler_and_no_leftover_alias() -> None:
     assert "LambdaLR" not in script and "scheduler.step()" not in script
     assert "eval_model = model" not in script
     ema = (FEATURE_GOLDEN / "fp16_clip_ema.py").read_text()
-    assert "eval_model = ema.module" in ema and "LambdaLR" in ema
+    assert "eval_model = ema.module" in ema
+    assert "set_learning_rate(optimizer, LR * lr_factor(" in ema
 
 
 def test_data_root_is_offered_only_where_the_source_reads_a_folder() -> None:

@@ -514,7 +514,7 @@ def test_ema_averages_the_weights_and_trains(
     with torch.no_grad():
         for p in model.parameters():
             p.add_(1.0)
-    ema.update(model)
+    ema.update()  # averages the tensors it was made with: the model's own
     for old, new, average in zip(before, model.parameters(), ema.module.parameters(), strict=True):
         assert torch.all(average > old) and torch.all(average < new)
     result = Run(module, capsys)
@@ -590,3 +590,100 @@ def test_tuned_digits_reaches_97_percent_within_a_minute(
     assert result.ok, result.result
     assert result.result["val_accuracy"] >= 0.97, result.epochs
     assert seconds < 60, f"took {seconds:.0f} s"
+
+
+# ---------------------------------------------------------------- warm-up and the CUDA graph
+
+
+def _no_seconds(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The events without their clocks, to compare two runs' training."""
+    clocks = {"seconds", "images_per_second", "warmup_seconds", "wall_seconds", "steps"}
+    return [
+        {k: v for k, v in e.items() if k not in clocks} for e in events if e["event"] != "warmup"
+    ]
+
+
+def test_the_warm_up_is_untimed_and_undone(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Warm-up steps change nothing the run trains: weights, optimizer state (momentum) and
+    random draws (crops) are put back, so the history equals a run without any."""
+    module = script_module(
+        tmp_path,
+        ops="random_crop(padding = 1)",
+        schedule="one_cycle(warmup = 0.3)",
+        extra="ema = ema(decay = 0.9)",
+    )
+    warmed = Run(module, capsys, "--warmup-steps", "5")
+    cold = Run(module, capsys, "--warmup-steps", "0")
+    assert warmed.ok and cold.ok
+    assert _no_seconds(warmed.events) == _no_seconds(cold.events)
+    warmup = next(e for e in warmed.events if e["event"] == "warmup")
+    assert warmup["steps"] == 5 and warmup["cuda_graph"] is False
+    assert warmup["compiled"] is False and warmup["compile_cache_misses"] == 0
+    result = warmed.result
+    assert result["warmup_seconds"] == warmup["seconds"] > 0
+    assert result["wall_seconds"] > result["seconds"] + result["warmup_seconds"]
+
+
+def test_a_failed_capture_warns_and_trains_eagerly_to_the_same_result(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--cuda-graph on tries the capture where there is no GPU: it fails, the run says so
+    and trains eagerly, exactly as --cuda-graph off does (a graph never fails a run)."""
+    if torch.cuda.is_available():
+        pytest.skip("capture succeeds on this machine; see the CUDA comparison below")
+    module = script_module(tmp_path, ops="horizontal_flip(p = 0.5)")
+    tried = Run(module, capsys, "--cuda-graph", "on")
+    assert tried.ok, tried.result
+    assert "the CUDA graph of the training step could not be captured" in tried.stderr
+    assert "training eagerly" in tried.stderr
+    assert next(e for e in tried.events if e["event"] == "warmup")["cuda_graph"] is False
+    eager = Run(module, capsys, "--cuda-graph", "off")
+    assert "warning" not in eager.stderr
+    tried_losses, eager_losses = tried.losses(), eager.losses()
+    assert tried_losses == pytest.approx(eager_losses, rel=1e-6)
+    assert tried.result["val_accuracy"] == eager.result["val_accuracy"]
+
+
+def test_a_spec_a_graph_cannot_hold_is_compiled_without_one(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = write_script(tmp_path, spec_text(ops="mixup(alpha = 0.2)"))
+    script = path.read_text()
+    assert "CUDA_GRAPH = False  # mixup draws its weight on the host" in script
+    assert "def graph_step" not in script and "capturable=False" in script
+    result = Run(load_script(path), capsys, "--cuda-graph", "on", "--epochs", "1")
+    assert result.ok, result.result
+    assert "--cuda-graph on: not for this spec: mixup draws its weight on the host" in (
+        result.stderr
+    )
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize(
+    "optimizer",
+    [
+        "sgd(lr = 0.05, momentum = 0.9, nesterov = true, weight_decay = 0.0005)",
+        "adamw(lr = 0.003, weight_decay = 0.01)",
+    ],
+)
+def test_graphed_and_eager_steps_agree_on_cuda(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], optimizer: str
+) -> None:
+    module = script_module(
+        tmp_path,
+        ops="random_crop(padding = 1), horizontal_flip(p = 0.5)",
+        arch="cnn(channels = [16, 32])",
+        optimizer=optimizer,
+        schedule="one_cycle(warmup = 0.3)",
+        precision="bf16",
+    )
+    graphed = Run(module, capsys, "--device", "cuda", "--cuda-graph", "on")
+    eager = Run(module, capsys, "--device", "cuda", "--cuda-graph", "off")
+    assert graphed.ok and eager.ok
+    assert next(e for e in graphed.events if e["event"] == "warmup")["cuda_graph"] is True
+    assert "warning" not in graphed.stderr
+    # bf16 autocast on both, but kernels and their order differ: bf16's tolerance.
+    assert graphed.losses() == pytest.approx(eager.losses(), rel=2e-2)
+    assert abs(graphed.result["val_accuracy"] - eager.result["val_accuracy"]) < 0.03

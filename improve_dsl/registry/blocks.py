@@ -108,7 +108,13 @@ BLOCKS = (
                 "auto",
                 choices=("auto", "fp32", "bf16", "fp16"),
             ),
-            FieldSpec("compile", "bool", "torch.compile the model", False),
+            FieldSpec(
+                "compile",
+                "enum",
+                "torch.compile the model: true, false, or auto (only where a run repays it)",
+                "auto",
+                choices=("auto", "true", "false"),
+            ),
             FieldSpec(
                 "ema",
                 "call",

@@ -78,6 +78,7 @@ AUGMENTS = (
         "blend pairs of images and their labels (Zhang et al.)",
         (_p("alpha", "float", 0.2, "Beta(alpha, alpha) mixing", minimum=0.01, maximum=10.0),),
         mixes_labels=True,
+        graph_blocker="mixup draws its weight on the host: a CUDA graph would replay one draw",
     ),
     Component(
         "cutmix",
@@ -85,6 +86,7 @@ AUGMENTS = (
         "paste a patch of another image, mixing labels by area",
         (_p("alpha", "float", 1.0, "Beta(alpha, alpha) area", minimum=0.01, maximum=10.0),),
         mixes_labels=True,
+        graph_blocker="cutmix draws its box on the host: a CUDA graph would replay one draw",
     ),
     Component(
         "rand_augment",
@@ -94,8 +96,14 @@ AUGMENTS = (
             _p("num_ops", "int", 2, "ops per image", minimum=1, maximum=5),
             _p("magnitude", "int", 9, "strength out of 30", minimum=0, maximum=30),
         ),
+        graph_blocker="rand_augment picks its images by a data-dependent index (a host read)",
     ),
-    Component("trivial_augment", "augment", "TrivialAugment: one random op at a random magnitude"),
+    Component(
+        "trivial_augment",
+        "augment",
+        "TrivialAugment: one random op at a random magnitude",
+        graph_blocker="trivial_augment picks its images by a data-dependent index (a host read)",
+    ),
 )
 
 # ---------------------------------------------------------------- Models

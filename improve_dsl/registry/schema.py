@@ -64,6 +64,9 @@ class Component:
     params: tuple[Param, ...] = ()
     dataset: DatasetFacts | None = None  # data sources: the built-in dataset's facts
     mixes_labels: bool = False  # augment ops: the op blends labels (targets become soft rows)
+    # Augment ops: why a CUDA graph cannot hold the op (it draws on the host, which a graph
+    # would replay unchanged, or reads the device back, which capture refuses); None: it can.
+    graph_blocker: str | None = None
     output: LayerOutput = "image"  # layers: what the layer outputs
 
     @property
