@@ -143,6 +143,7 @@ class ResidentForkServer:
         self.name = "the resident fork server"
         self.server_pid: int | None = None
         self._lock = threading.Lock()
+        self._greeting = threading.Lock()
         self._sock: socket.socket | None = None
         self._greeted = False
         self._error: str | None = None
@@ -191,9 +192,13 @@ class ResidentForkServer:
         """Run ``argv`` as a fork of the resident server."""
         if self._sock is None:
             raise ForkServerError(self._error or "the resident fork server is not connected")
-        if not self._greeted:
-            self._greet(self._sock)
-        return forkserver.request_fork(self._sock, self._lock, argv, env=env, cwd=cwd)
+        with self._greeting:  # several threads may spawn at once (``--parallel``)
+            if not self._greeted:
+                self._greet(self._sock)
+            sock = self._sock
+        if sock is None:
+            raise ForkServerError("the resident fork server is not connected")
+        return forkserver.request_fork(sock, self._lock, argv, env=env, cwd=cwd)
 
     def _greet(self, sock: socket.socket) -> None:
         """Wait for the server's greeting (after its imports) and check it is the right one."""

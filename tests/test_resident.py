@@ -196,7 +196,7 @@ def test_a_cache_folder_the_user_set_is_kept(
 
 @pytest.mark.parametrize(("setting", "expected"), [(None, True), ("0", False)])
 def test_the_local_executor_forks_gpu_runs_by_default(
-    monkeypatch: pytest.MonkeyPatch, setting: str | None, expected: bool
+    runtime: Path, monkeypatch: pytest.MonkeyPatch, setting: str | None, expected: bool
 ) -> None:
     if setting is None:
         monkeypatch.delenv("IMPROVE_FORK_SERVER", raising=False)
@@ -220,3 +220,16 @@ def test_a_ray_task_gets_the_drivers_compile_caches_when_its_worker_has_none(
     assert reply.result.ok and reply.result.result is not None
     assert reply.result.result["inductor"] == str(tmp_path / "shared")
     assert reply.result.result["triton"] == str(tmp_path / "cache" / "improve" / "triton")
+
+
+@pytest.mark.slow  # a real server, importing torch
+def test_refinement_runs_fork_from_the_resident_server_too(runtime: Path, tmp_path: Path) -> None:
+    from improve_dsl.executors import TrainJob
+
+    script = tmp_path / "probe.py"
+    script.write_text(PROBE)
+    with LocalExecutor(1, device="cpu") as executor:
+        result = executor.wait(executor.submit(TrainJob(script, tmp_path / "out")))
+    assert result.ok and result.result is not None
+    assert running_servers(runtime) == [result.result["parent"]]  # left for the next command
+    assert "started as a fork of the resident fork server" in result.log_path.read_text()

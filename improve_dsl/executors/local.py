@@ -15,12 +15,14 @@ import os
 import queue
 import signal
 import threading
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 from .. import forkserver
 from ..paths import compile_cache_env
+from ..resident import ResidentForkServer
 from ..run import RunResult, run_script
 from .base import Executor, JobHandle, TrainJob
 
@@ -60,8 +62,10 @@ class LocalExecutor(Executor):
     ``gpus`` (default: detected for ``device``) are handed out one per running job;
     ``threads`` per job default to the CPU cores divided between the slots. ``fork_server``
     (default: on, on Linux, for CPU and GPU runs, unless ``IMPROVE_FORK_SERVER=0``) starts
-    the scripts as forks of a process that has imported torch already; that process and
-    the runs share the compile caches of ``paths.compile_cache_env``.
+    the scripts as forks of a process that has imported torch already: the resident one
+    (``resident.py``, left running for the next command) unless ``resident`` is False or it
+    cannot be reached, else one of the executor's own. Servers and runs share the compile
+    caches of ``paths.compile_cache_env``.
     """
 
     def __init__(
@@ -72,6 +76,7 @@ class LocalExecutor(Executor):
         gpus: Sequence[str] | None = None,
         threads: int | None = None,
         fork_server: bool | None = None,
+        resident: bool = True,
     ) -> None:
         if slots < 1:
             raise ValueError("an executor needs at least one slot")
@@ -91,12 +96,7 @@ class LocalExecutor(Executor):
         self._handles: list[LocalHandle] = []
         if fork_server is None:
             fork_server = forkserver.wanted()
-        self._fork_server: forkserver.ForkServer | None = None
-        if fork_server:
-            # torch may read the compile caches' folders as it imports: the server too
-            env = {**compile_cache_env(), **os.environ}
-            with contextlib.suppress(OSError):  # without one, runs start the ordinary way
-                self._fork_server = forkserver.ForkServer(env=env)
+        self._fork_server: ForkServers | None = ForkServers(resident) if fork_server else None
 
     # ------------------------------------------------------------ the interface
 
@@ -189,6 +189,59 @@ class LocalExecutor(Executor):
             return job.on_event(event) is not False
 
         return on_event
+
+
+class ForkServers:
+    """The resident fork server, and the executor's own once the resident one fails.
+
+    Both start importing at once (the executor's own only when ``resident`` is False), so
+    their imports overlap the loop's first compile.
+    """
+
+    def __init__(self, resident: bool = True) -> None:
+        self.name = "the fork server"
+        self._lock = threading.Lock()
+        self._resident = ResidentForkServer() if resident else None
+        self._private: forkserver.ForkServer | None = None
+        if self._resident is None:
+            self._start_private()
+
+    def _start_private(self) -> None:
+        # torch may read the compile caches' folders as it imports: the server too
+        env = {**compile_cache_env(), **os.environ}
+        with contextlib.suppress(OSError):  # without one, runs start the ordinary way
+            self._private = forkserver.ForkServer(env=env)
+
+    def spawn(
+        self, argv: Sequence[str], *, env: Mapping[str, str], cwd: Path | None = None
+    ) -> forkserver.ForkedProcess:
+        with self._lock:
+            resident = self._resident
+        if resident is not None:
+            try:
+                forked = resident.spawn(argv, env=env, cwd=cwd)
+                self.name = resident.name
+                return forked
+            except forkserver.ForkServerError:
+                with self._lock:
+                    if self._resident is resident:
+                        resident.close()
+                        self._resident = None
+                        self._start_private()
+        with self._lock:
+            private = self._private
+        if private is None:
+            raise forkserver.ForkServerError("no fork server could be started")
+        forked = private.spawn(argv, env=env, cwd=cwd)
+        self.name = private.name
+        return forked
+
+    def close(self) -> None:
+        """Leave the resident server for the next command; stop our own."""
+        if self._resident is not None:
+            self._resident.close()
+        if self._private is not None:
+            self._private.close()
 
 
 def _result(future: cf.Future[RunResult]) -> RunResult:
