@@ -687,3 +687,33 @@ def test_graphed_and_eager_steps_agree_on_cuda(
     # bf16 autocast on both, but kernels and their order differ: bf16's tolerance.
     assert graphed.losses() == pytest.approx(eager.losses(), rel=2e-2)
     assert abs(graphed.result["val_accuracy"] - eager.result["val_accuracy"]) < 0.03
+
+
+@pytest.mark.slow
+def test_a_second_candidate_compiles_from_the_shared_inductor_cache(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two candidates that differ in their learning rate compile the same model: the first
+    compiles it afresh, the second loads it from the user's inductor cache, and its log says
+    so (the warm-up event counts the cache's hits and misses)."""
+    from improve_dsl.run import run_script
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    for name in ("TORCHINDUCTOR_CACHE_DIR", "TRITON_CACHE_DIR"):
+        monkeypatch.delenv(name, raising=False)
+    warmups = []
+    for lr in ("0.1", "0.05"):
+        optimizer = f"sgd(lr = {lr}, momentum = 0.9, nesterov = true, weight_decay = 0.0)"
+        script = write_script(tmp_path, spec_text(optimizer=optimizer, extra="compile = true"))
+        out = tmp_path / f"run_{lr}"
+        result = run_script(
+            script, out, device="cpu", threads=2, timeout=600, extra_args=("--epochs", "1")
+        )
+        assert result.ok, result.reason
+        log = (out / "log").read_text()
+        warmups.append(json.loads(next(ln for ln in log.splitlines() if '"warmup"' in ln)))
+    first, second = warmups
+    assert first["compiled"] and first["compile_cache_misses"] > 0, first
+    assert second["compile_cache_hits"] > 0 and second["compile_cache_misses"] == 0, second
+    assert second["seconds"] < first["seconds"]
+    assert (tmp_path / "cache" / "improve" / "inductor").is_dir()
