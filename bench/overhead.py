@@ -29,8 +29,10 @@ Three measurements, each the median of ``--repeats`` tries:
    command line, instrumented in its own process, splits that rest into parts: the
    interpreter and the CLI's imports, the compile (a cache lookup), the fork, the script's
    data loading and model building (fork → ``start``), its evaluation and saving after the
-   last epoch, and the command's exit. A user cache and runtime folder of the bench's own
-   (``XDG_CACHE_HOME``, ``XDG_RUNTIME_DIR``), so nothing of an earlier run helps.
+   last epoch, and the command's exit; and the same second run with
+   ``IMPROVE_FORK_SERVER=0`` (a fresh ``python train.py``), for comparison. A user cache and
+   runtime folder of the bench's own (``XDG_CACHE_HOME``, ``XDG_RUNTIME_DIR``), so nothing of
+   an earlier run helps.
 
     python bench/overhead.py            # prints the tables; --json FILE keeps the figures
     python bench/overhead.py --skip cli,candidate,cache   # only the image-folder rerun
@@ -343,14 +345,21 @@ def folder_rerun(repeats: int, threads: int) -> dict[str, Any]:
             first = _improve_run(spec, work / "run0", env)
             rows = [_improve_run(spec, work / f"run{i + 1}", env) for i in range(repeats)]
             parts = _instrumented_run(spec, work / "parts", env)
+            # For comparison: the same second run started as a fresh `python train.py`.
+            plain_env = dict(env, IMPROVE_FORK_SERVER="0")
+            plain = [_improve_run(spec, work / f"plain{i}", plain_env) for i in range(repeats)]
         finally:
             stop_servers(work / "rt" / "improve")
     medians = {key: statistics.median(row[key] for row in rows) for key in rows[0]}
+    plain_medians = {key: statistics.median(row[key] for row in plain) for key in plain[0]}
     return {
         "images": 5000,
         "first_run": first,
         "second_run_median": medians,
         "second_run_parts": parts,
+        "second_run_without_fork_server_median": plain_medians,
+        "outside_training_ratio_without_to_with": plain_medians["outside_training"]
+        / medians["outside_training"],
         "target_outside_training": 2.5,
     }
 

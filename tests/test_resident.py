@@ -233,3 +233,33 @@ def test_refinement_runs_fork_from_the_resident_server_too(runtime: Path, tmp_pa
     assert result.ok and result.result is not None
     assert running_servers(runtime) == [result.result["parent"]]  # left for the next command
     assert "started as a fork of the resident fork server" in result.log_path.read_text()
+
+
+COMPILES = textwrap.dedent(
+    """
+    import json
+    import torch
+    from torch._dynamo.utils import counters
+    torch.compile(lambda x: torch.sin(x) * 2 + 1)(torch.ones(8))
+    print(json.dumps({
+        "event": "result", "status": "ok", "metric": "accuracy", "val_accuracy": 1.0,
+        "hits": counters["inductor"]["fxgraph_cache_hit"],
+    }), flush=True)
+    """
+)
+
+
+@pytest.mark.slow  # a real torch.compile (seconds of C++ compiling) and a server importing torch
+def test_a_second_runs_compile_is_a_hit_in_the_shared_cache(runtime: Path, tmp_path: Path) -> None:
+    script = tmp_path / "compiles.py"
+    script.write_text(COMPILES)
+    first = run_script(script, tmp_path / "first")  # an ordinary subprocess
+    server = ResidentForkServer()
+    try:
+        second = run_script(script, tmp_path / "second", fork_server=server)
+    finally:
+        server.close()
+    assert first.result is not None and second.result is not None, second.reason
+    assert (first.result["hits"], second.result["hits"]) == (0, 1)
+    assert "resident fork server" in second.log_path.read_text()
+    assert any((tmp_path / "cache" / "improve" / "inductor").iterdir())
