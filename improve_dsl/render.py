@@ -266,6 +266,7 @@ _IMPORTS = (
     Import("threading"),
     Import("time"),
     Import("traceback"),
+    Import("warnings"),
     Import("collections.abc", ("Callable", "Iterator")),
     Import("dataclasses", ("dataclass",)),
     Import("pathlib", ("Path",)),

@@ -626,14 +626,18 @@ def test_the_warm_up_is_untimed_and_undone(
     assert result["wall_seconds"] > result["seconds"] + result["warmup_seconds"]
 
 
+@pytest.mark.parametrize(
+    "optimizer",
+    ["sgd(lr = 0.1, momentum = 0.9, nesterov = true, weight_decay = 0.0)", "adamw(lr = 0.01)"],
+)
 def test_a_failed_capture_warns_and_trains_eagerly_to_the_same_result(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], optimizer: str
 ) -> None:
     """--cuda-graph on tries the capture where there is no GPU: it fails, the run says so
     and trains eagerly, exactly as --cuda-graph off does (a graph never fails a run)."""
     if torch.cuda.is_available():
         pytest.skip("capture succeeds on this machine; see the CUDA comparison below")
-    module = script_module(tmp_path, ops="horizontal_flip(p = 0.5)")
+    module = script_module(tmp_path, ops="horizontal_flip(p = 0.5)", optimizer=optimizer)
     tried = Run(module, capsys, "--cuda-graph", "on")
     assert tried.ok, tried.result
     assert "the CUDA graph of the training step could not be captured" in tried.stderr

@@ -32,6 +32,7 @@ import os
 import sys
 import time
 import traceback
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -627,7 +628,9 @@ def graph_step(
     try:
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):
+        with torch.cuda.stream(side), warnings.catch_warnings():
+            # A capturable optimizer warns when it steps uncaptured, as these steps must.
+            warnings.filterwarnings("ignore", message=".*capturable=True.*")
             warm_up(step, static_images, static_labels, max(warmup_steps, 1))
         torch.cuda.current_stream().wait_stream(side)
         graph = torch.cuda.CUDAGraph()
@@ -771,7 +774,10 @@ def train(args: argparse.Namespace, history: list[dict[str, Any]]) -> dict[str, 
     graphed = args.cuda_graph == "on" or (
         args.cuda_graph == "auto" and runtime.device.type == "cuda"
     )
-    optimizer = make_optimizer(model, runtime.device, capturable=graphed)
+    # A captured optimizer keeps its step count and learning rate on the GPU.
+    optimizer = make_optimizer(
+        model, runtime.device, capturable=graphed and runtime.device.type == "cuda"
+    )
 
     def eager_step(images: Tensor, labels: Tensor) -> Tensor:
         """One optimisation step on a batch of uint8 images; the batch's loss, not waited for."""
