@@ -175,3 +175,13 @@ def test_the_bf16_probe_uses_no_bare_private_torch_api() -> None:
     module = script_module(script)
     native = torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
     assert module.cpu_has_bf16() == bool(native)
+
+
+def test_no_golden_defines_a_function_or_class_it_never_uses() -> None:
+    """The compiler decides what a script needs: a helper no code names is dead weight."""
+    for golden in ALL_GOLDENS:
+        tree = ast.parse(golden.read_text(encoding="utf-8"))
+        defined = {n.name for n in tree.body if isinstance(n, (ast.FunctionDef, ast.ClassDef))}
+        named = {n.id for n in ast.walk(tree) if isinstance(n, ast.Name)}
+        named |= {n.attr for n in ast.walk(tree) if isinstance(n, ast.Attribute)}
+        assert defined - named - {"main"} == set(), golden.name
