@@ -45,6 +45,9 @@ from .paths import compile_cache_env, user_cache_dir
 DEFAULT_IDLE = 600.0
 # How long a command waits for a server it started to listen (its imports come after).
 _LISTEN_TIMEOUT = 10.0
+_MAX_SOCKET_PATH = 107
+# How long it tries to connect after losing the race to start one (the winner is binding).
+_RACE_WAIT = 2.0
 # Environment variables read while the server imports (torch, its BLAS, CUDA's libraries,
 # Python's own search path): a different value needs a different server.
 _IMPORT_ENV_PREFIXES = (
@@ -127,8 +130,11 @@ def server_key(preload: Sequence[str], env: Mapping[str, str]) -> str:
 
 
 def socket_path(folder: Path, key: str) -> Path:
-    """Short on purpose: a Unix socket's path may not exceed 107 bytes."""
-    return folder / f"fs-{key[:16]}"
+    """Short on purpose: a Unix socket's path may not exceed 107 bytes (``OSError`` if so)."""
+    path = folder / f"fs-{key[:16]}"
+    if len(os.fsencode(path)) > _MAX_SOCKET_PATH:
+        raise OSError(f"the socket's path {path} is longer than {_MAX_SOCKET_PATH} bytes")
+    return path
 
 
 class ResidentForkServer:
@@ -151,6 +157,10 @@ class ResidentForkServer:
         self._key = server_key(preload, env)
         try:
             self._path = socket_path(runtime_dir(), self._key)
+        except OSError as exc:
+            self._error = f"no resident fork server: {exc.strerror or exc}"
+            return
+        try:
             self._sock = _connect(self._path)
         except OSError:
             try:
@@ -169,22 +179,22 @@ class ResidentForkServer:
             start_new_session=True,  # detached: not ended by this terminal's Ctrl-C
             cwd=forkserver.PACKAGE_PARENT,
         )
-        deadline = time.monotonic() + _LISTEN_TIMEOUT
         try:
-            while True:
-                try:
-                    return _connect(self._path)
-                except OSError:
-                    if time.monotonic() > deadline:
-                        raise OSError("it did not listen within 10 s") from None
-                    time.sleep(0.01)
-        finally:
-            # The process started forks the server and exits at once (see ``main``).
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                process.wait(timeout=1.0)
-            if process.returncode is None:
-                process.kill()
-                process.wait()
+            # It forks the server and exits once that listens: 0, or 1 when it could not
+            # (or another server won the race for the lock, and listens instead).
+            process.wait(timeout=_LISTEN_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+            raise OSError(f"it did not listen within {_LISTEN_TIMEOUT:g} s") from None
+        deadline = time.monotonic() + (0.0 if process.returncode == 0 else _RACE_WAIT)
+        while True:
+            try:
+                return _connect(self._path)
+            except OSError as exc:
+                if time.monotonic() >= deadline:
+                    raise OSError(f"cannot connect to {self._path}: {exc}") from None
+                time.sleep(0.01)
 
     def spawn(
         self, argv: Sequence[str], *, env: Mapping[str, str], cwd: Path | None = None
@@ -272,8 +282,9 @@ def _load(data: bytes) -> dict[str, Any]:
 # ---------------------------------------------------------------------------- the server
 
 
-def serve(path: Path, key: str, preload: Sequence[str], idle: float) -> None:
-    """Hold the lock, listen at ``path``, import ``preload``, fork runs until idle."""
+def serve(path: Path, key: str, preload: Sequence[str], idle: float, listening: int) -> None:
+    """Hold the lock, listen at ``path`` (then write to and close ``listening``), import
+    ``preload``, fork runs until idle."""
     lock = open(path.with_name(path.name + ".lock"), "a+", encoding="utf-8")  # noqa: SIM115
     try:
         fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -291,6 +302,8 @@ def serve(path: Path, key: str, preload: Sequence[str], idle: float) -> None:
     listener.bind(str(path))
     listener.listen(16)
     inode = path.stat().st_ino
+    os.write(listening, b"1")
+    os.close(listening)
     forkserver.preload_modules(preload)
     hello = json.dumps({"key": key, "pid": os.getpid()}).encode()
     connections: dict[socket.socket, set[int]] = {}  # a connection → the runs it started
@@ -341,12 +354,16 @@ def _exit_on_signal(signum: int, frame: object) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    """``python -m improve_dsl.resident PATH KEY MODULE...``: fork, and serve in the child (the
-    command that started us reaps us at once; the server is nobody's child but init's)."""
+    """``python -m improve_dsl.resident PATH KEY MODULE...``: fork; the child serves, the
+    parent exits once it listens (0) or could not (1), so the command that started us knows
+    at once, and the server is nobody's child but init's."""
     args = list(sys.argv[1:] if argv is None else argv)
+    ready, told = os.pipe()
     if os.fork() > 0:
-        os._exit(0)
-    serve(Path(args[0]), args[1], args[2:], idle_seconds())
+        os.close(told)
+        os._exit(0 if os.read(ready, 1) else 1)
+    os.close(ready)
+    serve(Path(args[0]), args[1], args[2:], idle_seconds(), told)
 
 
 if __name__ == "__main__":

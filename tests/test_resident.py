@@ -263,3 +263,15 @@ def test_a_second_runs_compile_is_a_hit_in_the_shared_cache(runtime: Path, tmp_p
     assert (first.result["hits"], second.result["hits"]) == (0, 1)
     assert "resident fork server" in second.log_path.read_text()
     assert any((tmp_path / "cache" / "improve" / "inductor").iterdir())
+
+
+def test_a_runtime_folder_too_deep_for_a_socket_means_an_ordinary_subprocess(
+    runtime: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    deep = runtime.parent / ("d" * 60) / ("e" * 60)
+    deep.mkdir(parents=True)
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(deep))
+    server = ResidentForkServer(preload=("json",))
+    result, log = _probe(tmp_path, "run", server)
+    assert "started without the fork server (no resident fork server: the socket's path" in log
+    assert result.result is not None and result.result["parent"] == os.getpid()
