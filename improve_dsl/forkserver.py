@@ -70,14 +70,9 @@ class ForkServerError(RuntimeError):
 
 
 def wanted() -> bool:
-    """Whether this platform and the user's environment allow a fork server."""
+    """Whether this platform and the user's environment allow a fork server (any value of
+    ``IMPROVE_FORK_SERVER`` but ``0``; ``always``, once needed for GPUs, still means on)."""
     return sys.platform == "linux" and os.environ.get("IMPROVE_FORK_SERVER", "1") != "0"
-
-
-def forced() -> bool:
-    """Whether the user wrote ``IMPROVE_FORK_SERVER=always`` (kept for older scripts: the
-    server is on by default on GPUs too now, so it means the same as the default)."""
-    return wanted() and os.environ.get("IMPROVE_FORK_SERVER") == "always"
 
 
 class ForkServer:
