@@ -49,6 +49,17 @@ def _session_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
     stop_servers(runtime / "improve")
 
 
+@pytest.fixture(autouse=True)
+def _evidence_store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """Every test gets its own user data folder ($XDG_DATA_HOME), so no refine in a test
+    reads or fills the real evidence store (or another test's)."""
+    patch = pytest.MonkeyPatch()
+    data = tmp_path_factory.mktemp("user-data")
+    patch.setenv("XDG_DATA_HOME", str(data))
+    yield data
+    patch.undo()
+
+
 def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption(
         "--update-golden",

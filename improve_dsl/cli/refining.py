@@ -205,6 +205,13 @@ def add_refine(verbs: Verbs) -> None:
         help="seed of the expert's tie-breaks (default 0)",
     )
     p.add_argument(
+        "--no-history",
+        dest="history",
+        action="store_false",
+        help="neither read nor add to the evidence store of earlier refines "
+        "($XDG_DATA_HOME/improve/evidence.sqlite; see `improve history`)",
+    )
+    p.add_argument(
         "--mlflow",
         action="store_true",
         help="log to MLflow (MLFLOW_TRACKING_URI): a parent run for the refinement, a nested "

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -49,6 +49,10 @@ class Context:
     max_cost: float | None = None  # --max-cost, in dollars
     spent_usd: float = 0.0  # what the expert has cost so far
     tried: frozenset[str] = frozenset()  # sha256 of every spec already trained in this run
+    # What earlier refines on similar data say (the evidence store; empty without one): a
+    # factor per move family on its expected gain, and a few lines for a prompt.
+    move_priors: Mapping[str, float] = field(default_factory=dict)
+    similar: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -6,10 +6,12 @@ data first, then trust-region steps of continuous fields and discrete changes), 
 them all by
 
 where the expected gain is the move's share of the remaining error, adjusted by what the
-incumbent's curves say (``diagnose``), and the expected seconds are the incumbent's measured
-training time times the move's cost, plus a fixed start-up charge. ``select`` names the
-block of the best move (so the expert, not a fixed order, chooses the block); ``propose``
-returns the best move for the block it is asked for.
+incumbent's curves say (``diagnose``) and by what the move family did in earlier refines on
+similar data (``Context.move_priors``, from the evidence store; see ``memory.py``), and
+the expected seconds are the incumbent's measured training time times the move's cost,
+plus a fixed start-up charge. ``select`` names the block of the best move (so the expert,
+not a fixed order, chooses the block); ``propose`` returns the best move for the block it
+is asked for.
 
 A move refused against the current incumbent (rejected, pruned, failed, invalid, or merely
 cached) is not proposed again until the incumbent changes; a step of a continuous field
@@ -31,6 +33,7 @@ from ..journal import PENDING, sha256_text
 from . import edit
 from .diagnose import Diagnosis, diagnose
 from .expert import Attempt, Context, NoMoreMoves, Proposal, Selection, since_incumbent
+from .memory import move_family
 from .moves import FAILED, MOVE_MAKERS, Move
 from .recipes import DataInfo, data_info
 from .trust import STEP_SIZES, TrustRegion
@@ -159,6 +162,8 @@ class HeuristicExpert:
                 if move.id in refused:
                     continue
                 gain = move.expected_share(diagnosis.signals) * headroom
+                # What this move family did on similar data (1 without evidence).
+                gain *= context.move_priors.get(move_family(move.id), 1.0)
                 if gain <= 0:
                     continue
                 ranked = Ranked(

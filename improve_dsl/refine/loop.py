@@ -30,11 +30,13 @@ from pathlib import Path
 from typing import Any
 
 from .. import registry, validate
+from ..evidence import Store
 from ..executors import Executor, make_executor
 from ..journal import BASELINE, Record, ResultCache, runs_root, sha256_text
 from .decide import Verdict, decide
 from .expert import Attempt, ExpertError
 from .live import NullReporter, Reporter, RunInfo
+from .memory import Memory
 from .options import RefineInterrupted, RefineOptions, RefineResult
 from .proposing import Budget, Proposer
 from .publishing import Publisher
@@ -101,6 +103,14 @@ class Refiner:
         self.stopped = ""
         self.started = time.monotonic()
         self.incumbent = rebuild_incumbent(self.run, self.records, self.start_text)
+        self.memory = Memory(
+            Store() if options.history else None,
+            self.run.path,
+            self.start_text,
+            str(self.spec_path),
+            reporter.message,
+        )
+        self.proposer.priors = self.memory.priors
 
     # ------------------------------------------------------------ bookkeeping
 
@@ -249,6 +259,7 @@ class Refiner:
             self.incumbent = Incumbent.of(0, self.start_text, candidate)
             self.run.write_best(self.start_text)
         self._record(record)
+        self._remember(record, self.start_text, candidate)
 
     # ------------------------------------------------------------ one round
 
@@ -394,6 +405,7 @@ class Refiner:
             self.exhausted.clear()  # a new incumbent opens new moves
             self.run.write_best(candidate.text)
         self._record(record)
+        self._remember(record, incumbent.text, candidate)
         if status == "accepted":
             self.publisher.publish(record, self.incumbent.text)
 
@@ -404,6 +416,11 @@ class Refiner:
         self.records.sort(key=lambda r: r.iteration)
         self._save_state()
         self.reporter.attempt_finished(record)
+
+    def _remember(self, record: Record, before: str, candidate: Candidate) -> None:
+        """The attempt into the evidence store (after the journal: the journal is the truth)."""
+        devices = [r.device for r in candidate.runs]
+        self.memory.remember(record, before, candidate.text, candidate.script, devices)
 
     # ------------------------------------------------------------ the end
 

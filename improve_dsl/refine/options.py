@@ -78,6 +78,7 @@ class RefineOptions:
     executor: str = "local"
     ray_address: str | None = None  # --executor ray: the cluster to join (None: local/env)
     expert_seed: int = 0
+    history: bool = True  # read and write the evidence store (--no-history: neither)
 
     def check(self) -> None:
         """Raise RefineError for values that make no sense."""
@@ -123,6 +124,7 @@ class RefineOptions:
             resume=Path(args.resume) if args.resume else None,
             git=args.git,
             expert_seed=args.expert_seed,
+            history=getattr(args, "history", True),
             **given,
         )
 

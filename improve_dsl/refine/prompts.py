@@ -158,6 +158,9 @@ def history_text(history: Sequence[Attempt]) -> str:
     return "\n".join(out)
 
 
+MAX_SIMILAR = 8  # lines of the "on similar datasets" section
+
+
 def _incumbent(context: Context) -> str:
     if context.incumbent_metric is None:
         return "not scored yet"
@@ -204,8 +207,20 @@ def situation(context: Context) -> list[str]:
         "## Earlier attempts",
         history_text(context.history),
         "",
+        *similar_text(context),
         "## Budget",
         budget_text(context),
+    ]
+
+
+def similar_text(context: Context) -> list[str]:
+    """The bounded "on similar datasets" section (empty when the store knows nothing)."""
+    if not context.similar:
+        return []
+    return [
+        "## On similar datasets (earlier refines; move: how often kept, mean gain ± spread)",
+        *(f"- {line[:160]}" for line in context.similar[:MAX_SIMILAR]),
+        "",
     ]
 
 

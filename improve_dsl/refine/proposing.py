@@ -20,6 +20,7 @@ from ..journal import ResultCache
 from . import edit
 from .expert import Attempt, Context, Expert, ExpertError, NoMoreMoves, Proposal
 from .live import Reporter
+from .memory import Priors
 from .select import Choice, choose_block
 from .state import Candidate, Incumbent, compile_script
 
@@ -63,6 +64,7 @@ class Proposer:
         self.budget = budget
         self.expert_seed = expert_seed
         self._profile: str | None = None
+        self.priors = Priors()  # set by the loop from the evidence store
 
     def context(
         self,
@@ -93,6 +95,7 @@ class Proposer:
             max_cost=budget.max_cost,
             spent_usd=budget.spent_usd,
             tried=budget.tried,
+            **self.priors.for_context(),
         )
 
     def _profile_text(self) -> str:

@@ -30,10 +30,12 @@ class SeedRun:
     cached: bool = False
     batch_size: int | None = None  # the batch actually used, after an out-of-memory retry
     eval_size: int = 0  # validation images it was scored on (0: unknown)
+    device: str = ""  # where it trained, as its start event said ("" unknown)
 
     @classmethod
     def of(cls, seed: int, result: RunResult, batch_size: int | None) -> SeedRun:
         eval_size = (result.start or {}).get("eval_size")
+        device = (result.start or {}).get("device")
         return cls(
             seed,
             result.status,
@@ -44,12 +46,13 @@ class SeedRun:
             False,
             batch_size,
             eval_size if isinstance(eval_size, int) else 0,
+            device if isinstance(device, str) else "",
         )
 
     @classmethod
     def from_cache(cls, seed: int, hit: Mapping[str, Any]) -> SeedRun:
         """A run read back from the results cache (what ``to_cache`` stored)."""
-        eval_size = hit.get("eval_size")
+        eval_size, device = hit.get("eval_size"), hit.get("device")
         return cls(
             seed,
             str(hit.get("status")),
@@ -59,6 +62,7 @@ class SeedRun:
             float(hit.get("seconds") or 0.0),
             cached=True,
             eval_size=eval_size if isinstance(eval_size, int) else 0,
+            device=device if isinstance(device, str) else "",
         )
 
     def to_cache(self) -> dict[str, Any]:
@@ -69,6 +73,7 @@ class SeedRun:
             "reason": self.reason,
             "seconds": self.seconds,
             "eval_size": self.eval_size,
+            "device": self.device,
         }
 
 
