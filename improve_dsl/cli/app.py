@@ -18,7 +18,7 @@ from typing import NoReturn, cast
 
 from .. import __version__
 from ..diagnostics import DiagnosticError
-from . import language, refining, training
+from . import language, learning, refining, training
 from .common import EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, UsageError, Verbs, err
 
 # The verbs in the order `improve --help` lists them.
@@ -36,6 +36,8 @@ VERBS: tuple[Callable[[Verbs], None], ...] = (
     training.add_export,
     training.add_init,
     refining.add_refine,
+    learning.add_ablate,
+    learning.add_history,
     language.add_lsp,
 )
 

@@ -350,3 +350,31 @@ class Memory:
             self.store.add([row])
         except StoreError as exc:
             self._fail(exc)
+
+
+def history_text(rows: Sequence[Evidence], where: str) -> str:
+    """What ``improve history`` prints: the store's extent, then each move family by mean
+    gain, with how often it was tried and kept, and the spread of its gains."""
+    attempts = [r for r in rows if r.iteration > 0]
+    if not attempts:
+        return f"no refinement attempts stored yet ({where})"
+    runs = {r.run for r in rows}
+    datasets = sorted({r.profile.dataset for r in rows})
+    priors = summarize(attempts, None)
+    lines = [
+        f"{len(attempts)} attempts from {len(runs)} run(s) on {', '.join(datasets)} ({where})",
+        "",
+        f"{'move':<34} {'tried':>5} {'kept':>4}  {'mean gain':>9}  {'spread':>7}",
+    ]
+    ordered = sorted(
+        priors.values(),
+        key=lambda p: (-(p.mean_gain if p.mean_gain is not None else -1.0), p.family),
+    )
+    for prior in ordered:
+        gain = f"{prior.mean_gain:+.4f}" if prior.mean_gain is not None else "—"
+        spread = f"{prior.spread:.4f}" if prior.spread is not None else "—"
+        lines.append(f"{prior.family:<34} {prior.count:>5} {prior.kept:>4}  {gain:>9}  {spread:>7}")
+    unnamed = sum(1 for r in attempts if not r.move)
+    if unnamed:
+        lines += ["", f"{unnamed} attempt(s) named no move (an LLM's or a replayed edit)"]
+    return "\n".join(lines)
