@@ -18,7 +18,15 @@ import jinja2
 
 from ..display import fmt_cost, fmt_metric, fmt_seconds
 from ..paths import templates_dir
-from .plot import FIG_DPI, FIG_INCHES, KIND_COLOURS, OTHER_COLOUR, render_plot
+from .plot import (
+    FIG_DPI,
+    FIG_INCHES,
+    KIND_COLOURS,
+    OTHER_COLOUR,
+    ablation_size,
+    render_ablation_plot,
+    render_plot,
+)
 from .reading import ReportError, RunReport, read_run
 
 
@@ -102,8 +110,17 @@ def render_html(report: RunReport, png: bytes, png_name: str) -> str:
             plot_name=png_name,
             plot_size=tuple(round(inches * FIG_DPI) for inches in FIG_INCHES),
             start_best_diff=start_best,
+            ablation_uri=_ablation_uri(report),
+            ablation_size=ablation_size(report.ablation) if report.ablation else (0, 0),
         )
     )
+
+
+def _ablation_uri(report: RunReport) -> str:
+    if report.ablation is None or not report.ablation.rows:
+        return ""
+    png = render_ablation_plot(report.ablation)
+    return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
 
 
 def write_report(run_dir: Path, out: Path | None = None) -> ReportPaths:

@@ -25,6 +25,10 @@ FIG_INCHES, FIG_DPI = (9.6, 4.4), 110
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
+    from ..refine.ablation import Ablation
+
+ABLATION_INCHES = (9.6, 1.6)  # plus this much height per change
+
 
 def render_plot(report: RunReport) -> bytes:
     """The plot of ``build_figure`` as PNG bytes."""
@@ -121,5 +125,59 @@ def build_figure(report: RunReport) -> Figure:
         ax.spines[side].set_visible(False)
     if ax.get_legend_handles_labels()[0]:
         ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False, fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def render_ablation_plot(ablation: Ablation) -> bytes:
+    """``build_ablation_figure`` as PNG bytes."""
+    buffer = io.BytesIO()
+    build_ablation_figure(ablation).savefig(buffer, format="png")
+    return buffer.getvalue()
+
+
+def ablation_size(ablation: Ablation) -> tuple[int, int]:
+    """The ablation chart's size in pixels."""
+    width, height = ABLATION_INCHES
+    return round(width * FIG_DPI), round((height + 0.5 * len(ablation.rows)) * FIG_DPI)
+
+
+def build_ablation_figure(ablation: Ablation) -> Figure:
+    """One row per kept change: what leaving it out of the best spec costs and what adding
+    it alone to the start gains, each with its seed spread as an error bar; a change within
+    the noise is drawn hollow."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    width, height = ABLATION_INCHES
+    fig = Figure(figsize=(width, height + 0.5 * len(ablation.rows)), dpi=FIG_DPI)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    rows = list(reversed(ablation.rows))
+    ys = list(range(len(rows)))
+    bar = 0.38
+    for offset, name, colour, value, spread in (
+        (bar / 2, "leave-one-out drop", KIND_COLOURS["accepted"], "drop", "drop_spread"),
+        (-bar / 2, "add-one-in gain", KIND_COLOURS["cached"], "gain", "gain_spread"),
+    ):
+        values = [getattr(r, value) or 0.0 for r in rows]
+        errors = [getattr(r, spread) or 0.0 for r in rows]
+        hollow = [r.within_noise and value == "drop" for r in rows]
+        ax.barh(
+            [y + offset for y in ys],
+            values,
+            height=bar,
+            xerr=errors,
+            color=["white" if h else colour for h in hollow],
+            edgecolor=colour,
+            linewidth=1.5,
+            capsize=3,
+            label=name,
+        )
+    ax.axvline(0, color="#24292f", linewidth=0.8)
+    ax.set_yticks(ys, [f"{r.label} ({r.block})" for r in rows])
+    ax.set_xlabel(f"change in {ablation.metric} (mean over {len(ablation.seeds)} seed(s))")
+    ax.set_title("Which kept changes matter (hollow: removal costs less than the noise)")
+    ax.legend(loc="best", fontsize="small")
     fig.tight_layout()
     return fig

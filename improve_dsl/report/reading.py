@@ -18,6 +18,7 @@ from typing import Any
 from .. import syntax
 from ..diagnostics import DiagnosticError
 from ..journal import BASELINE, STATUSES, Record, RunDir
+from ..refine.ablation import Ablation, read_ablation
 
 # What a row of the report can be: the baseline, or an attempt's status.
 KINDS = (BASELINE, *STATUSES)
@@ -100,6 +101,7 @@ class RunReport:
     start_text: str | None
     best_text: str | None
     notes: list[str]
+    ablation: Ablation | None = None  # `improve ablate`'s table, when it was run
 
     @property
     def metric_label(self) -> str:
@@ -251,4 +253,5 @@ def read_run(run_dir: Path) -> RunReport:
         start_text=start_text,
         best_text=best_text,
         notes=notes,
+        ablation=read_ablation(run.path),
     )
