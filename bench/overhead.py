@@ -30,7 +30,8 @@ Three measurements, each the median of ``--repeats`` tries:
    interpreter and the CLI's imports, the compile (a cache lookup), the fork, the script's
    data loading and model building (fork → ``start``), its evaluation and saving after the
    last epoch, and the command's exit; and the same second run with
-   ``IMPROVE_FORK_SERVER=0`` (a fresh ``python train.py``), for comparison. A user cache and
+   ``IMPROVE_FORK_SERVER=0`` (a fresh ``python train.py``: its spawn → ``data`` is the
+   interpreter and the script's own imports), for comparison. A user cache and
    runtime folder of the bench's own (``XDG_CACHE_HOME``, ``XDG_RUNTIME_DIR``), so nothing of
    an earlier run helps.
 
@@ -348,6 +349,7 @@ def folder_rerun(repeats: int, threads: int) -> dict[str, Any]:
             # For comparison: the same second run started as a fresh `python train.py`.
             plain_env = dict(env, IMPROVE_FORK_SERVER="0")
             plain = [_improve_run(spec, work / f"plain{i}", plain_env) for i in range(repeats)]
+            plain_parts = _instrumented_run(spec, work / "plain_parts", plain_env)
         finally:
             stop_servers(work / "rt" / "improve")
     medians = {key: statistics.median(row[key] for row in rows) for key in rows[0]}
@@ -358,6 +360,8 @@ def folder_rerun(repeats: int, threads: int) -> dict[str, Any]:
         "second_run_median": medians,
         "second_run_parts": parts,
         "second_run_without_fork_server_median": plain_medians,
+        # its spawn → data event: the interpreter and the script's own imports
+        "second_run_without_fork_server_parts": plain_parts,
         "outside_training_ratio_without_to_with": plain_medians["outside_training"]
         / medians["outside_training"],
         "target_outside_training": 2.5,
@@ -400,7 +404,7 @@ def _instrumented_run(spec: Path, out: Path, env: dict[str, str]) -> dict[str, f
         "arguments_and_server_connect": marks["compile_from"] - marks["imports"],
         "compile_cache_lookup": marks["compile"] - marks["compile_from"],
         "run_directory_and_progress": marks["spawn_from"] - marks["compile"],
-        "fork_to_data_event": marks["data"] - marks["spawn_from"],
+        "spawn_to_data_event": marks["data"] - marks["spawn_from"],
         "data_to_start_event": marks["start"] - marks["data"],
         "start_to_result_less_training": marks["result"] - marks["start"] - train,
         "result_to_run_end": marks["run_end"] - marks["result"],
