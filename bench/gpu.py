@@ -1,26 +1,33 @@
-"""Every GPU figure in one prepared run: one command, at most 9 minutes on one GPU.
+"""Every GPU figure in one prepared run: one command, at most 8 minutes on one GPU.
 
     bash bench/gpu.sh                   # on the GPU machine: set up, then this, into $OUT
-    python bench/gpu.py --dry-run       # the same steps on the CPU with tiny sizes
+    bash bench/gpu.sh --dry-run         # the same steps on the CPU with tiny sizes
 
-The steps, in order (each is recorded in gpu.json whether it worked, failed or ran out of time;
-a failing step never stops the next):
+The steps, most important first (each case is written to gpu.json the moment it finishes,
+atomically, so a later timeout loses nothing; each case has its own timeout, a failing or
+timed-out case never stops the next, and cases left when the budget runs out say so):
 
 1. setup: torch and the GPU; Fashion-MNIST found in --data (the carried .gz files);
 2. throughput: bench/throughput.py, the compiled script against bench/torchvision_baseline.py
-   (same ResNet-8, recipe and images) for specs/fashion_mnist.imp, in fp32 and bf16, with
-   torch.compile off and on;
-3. cifar_throughput: the compiled specs/cifar10.imp (airbench-style net) on a CIFAR-sized
-   synthetic dataset (3x32x32, 10 classes whose colour tells them apart, in CIFAR-10's pickle
-   format), fp32 and bf16, compile off and on (the baseline reads Fashion-MNIST only);
-4. time_to_accuracy: specs/fashion_mnist_airbench.imp trained with --split test at each epoch
+   (same ResNet-8, recipe and images) for specs/fashion_mnist.imp, fp32 and bf16, compile off;
+3. time_to_accuracy: specs/fashion_mnist_airbench.imp trained with --split test at each epoch
    budget, 3 seeds; the time to 93% and to 94% test accuracy is the training seconds (data
-   loading excluded, as airbench does) of the smallest budget whose mean reaches it;
-5. refine: `improve refine specs/fashion_mnist.imp --expert heuristic` for a few iterations:
-   best validation accuracy and the once-only test accuracy;
-6. fork_server: the same short refinement with the fork server forced on and off, and with
+   loading and the untimed warm-up excluded, as airbench does; the warm-up is quoted beside
+   it) of the smallest budget whose mean reaches it;
+4. refine: `improve refine specs/fashion_mnist.imp --expert heuristic --iters 3`, the full
+   spec: wall time (the target is 60 s), best validation accuracy, the once-only test accuracy;
+5. fork_server: a short refinement with the fork server forced on and off, and with
    --parallel 2 (no final test run: start-up is what differs): whether every run succeeds
-   (safe) and the wall time (faster).
+   (safe) and the wall time (faster);
+6. cifar_throughput: the compiled specs/cifar10.imp (airbench-style net) on a CIFAR-sized
+   synthetic dataset (3x32x32, 10 classes whose colour tells them apart, in CIFAR-10's pickle
+   format), fp32 and bf16, compile off;
+7. compile_on: the throughput and CIFAR cases with torch.compile on, last, as a cold inductor
+   build may take more than a minute; each within its own timeout.
+
+Each figure keeps steady-state training (`seconds`, `images_per_second`), the untimed warm-up
+(`warmup_seconds`) and the process's total wall time (`wall_seconds`) apart, where the
+compiled script's result event reports them (null where it does not).
 
 Writes OUT/gpu.json and OUT/gpu.md (a Markdown table) and prints the table last. The dry run
 uses the CPU, tiny subsets, one epoch, one seed per budget and no torch.compile (an inductor
@@ -35,6 +42,7 @@ import os
 import pickle
 import re
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -80,9 +88,38 @@ class Sizes:
     # The dry run's batch for its refinements: the offline expert's train recipe sizes epochs
     # to a step target (300 steps at least), so a small batch keeps its candidates short.
     refine_batch: int | None = None
+    # Each case's timeout in seconds, by step (also bounded by what is left of the budget).
+    timeouts: dict[str, float] = field(default_factory=dict)
 
 
-GPU = Sizes("cuda", 20000, 2, (False, True), 25000, 2, (8, 16), 3, None, 3, None, None, 10000, 2, 2)
+# On the GPU the whole run fits 8 minutes: compile-off throughput ~60 s, time to accuracy
+# ~90 s, refine <= 150 s, fork server ~120 s, CIFAR ~40 s; compile-on gets what is left.
+GPU_TIMEOUTS = {
+    "throughput": 90.0,
+    "time_to_accuracy": 45.0,  # one training run
+    "refine": 150.0,
+    "fork_server": 75.0,
+    "cifar_throughput": 60.0,
+    "compile_on": 120.0,
+}
+GPU = Sizes(
+    device="cuda",
+    throughput_subset=20000,
+    throughput_epochs=2,
+    compile_options=(False, True),
+    cifar_images=25000,
+    cifar_epochs=2,
+    budgets=(8, 16),
+    seeds=3,
+    accuracy_subset=None,
+    refine_iters=3,  # the full spec: its own subset and epochs
+    refine_subset=None,
+    refine_epochs=None,
+    fork_subset=10000,
+    fork_epochs=2,
+    fork_iters=2,
+    timeouts=GPU_TIMEOUTS,
+)
 DRY = Sizes("cpu", 600, 1, (False,), 600, 1, (1,), 1, 600, 1, 600, 1, 600, 1, 1, (4, 8), 16)
 
 
@@ -96,26 +133,74 @@ class Bench:
     env: dict[str, str]
     deadline: float
     results: dict[str, Any] = field(default_factory=dict)
+    case_deadline: float | None = None  # the running case's own timeout
 
     def remaining(self) -> float:
         return self.deadline - time.monotonic()
 
+    def save(self) -> None:
+        """gpu.json as it stands, atomically (a temporary file renamed over it), so that a
+        timeout or a killed run keeps every case finished so far."""
+        self.out.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(
+            "w", dir=self.out, prefix=".gpu.json.", suffix=".tmp", delete=False
+        ) as file:
+            file.write(json.dumps(self.results, indent=2) + "\n")
+        os.replace(file.name, self.out / "gpu.json")
+
+    def case(
+        self, step: str, name: str, measure: Callable[[], dict[str, Any]], group: str = ""
+    ) -> None:
+        """One case of a step, within its own timeout; its outcome (figures or the error) is
+        recorded (in results[step], or results[step][group]) and saved the moment it finishes."""
+        cases = self.results.setdefault(step, {})
+        if group:
+            cases = cases.setdefault(group, {})
+        if self.remaining() < 10:
+            cases[name] = {"error": "out of time"}
+        else:
+            limit = self.sizes.timeouts.get(step)
+            self.case_deadline = None if limit is None else time.monotonic() + limit
+            began = time.perf_counter()
+            try:
+                cases[name] = measure()
+            except subprocess.TimeoutExpired as exc:
+                cases[name] = {"error": f"timed out after {exc.timeout:.0f} s"}
+            except Exception as exc:  # recorded; the next case still runs
+                cases[name] = {"error": f"{type(exc).__name__}: {str(exc)[-600:]}"}
+            finally:
+                self.case_deadline = None
+            print(f"{step}, {name}: {time.perf_counter() - began:.0f} s", file=sys.stderr)
+        self.save()
+
     def run(self, command: list[str], cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
-        """A command with what is left of the time as its timeout."""
-        timeout = max(1.0, self.remaining())
+        """A command with what is left of the budget, or of its case's timeout, as its timeout."""
+        timeout = self.remaining()
+        if self.case_deadline is not None:
+            timeout = min(timeout, self.case_deadline - time.monotonic())
+        timeout = max(1.0, timeout)
         print(f"$ {' '.join(command)}", file=sys.stderr, flush=True)
-        proc = subprocess.run(
+        # Its own process group, killed whole on a timeout: bench/throughput.py and refine
+        # start training processes of their own, which must not outlive their case and take
+        # the GPU from the next one.
+        with subprocess.Popen(
             command,
             cwd=cwd or REPO,
             env=self.env,
-            capture_output=True,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
             text=True,
-            timeout=timeout,
-            check=False,
-        )
-        if proc.returncode != 0:
-            raise RuntimeError(f"exit {proc.returncode}: {proc.stderr[-2000:]}")
-        return proc
+            start_new_session=True,
+        ) as child:
+            try:
+                stdout, stderr = child.communicate(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(child.pid, signal.SIGKILL)
+                child.communicate()
+                raise
+        if child.returncode != 0:
+            raise RuntimeError(f"exit {child.returncode}: {stderr[-2000:]}")
+        return subprocess.CompletedProcess(command, child.returncode, stdout, stderr)
 
 
 def events(output: str) -> list[dict[str, Any]]:
@@ -169,33 +254,54 @@ def setup(bench: Bench, data: Path) -> dict[str, Any]:
     }
 
 
-def throughput(bench: Bench) -> dict[str, Any]:
+def timings(result: dict[str, Any]) -> dict[str, Any]:
+    """Steady-state training, untimed warm-up and the process's total wall, kept apart (the
+    last two only where the script's result event reports them)."""
+    return {
+        "train_seconds": result.get("seconds"),
+        "warmup_seconds": result.get("warmup_seconds"),
+        "wall_seconds": result.get("wall_seconds"),
+    }
+
+
+def throughput_case(bench: Bench, precision: str, compiled: bool) -> dict[str, Any]:
     sizes = bench.sizes
-    out: dict[str, Any] = {}
+    report = bench.work / f"throughput-{precision}-{compiled}.json"
+    command = [
+        sys.executable,
+        str(REPO / "bench" / "throughput.py"),
+        *("--device", sizes.device, "--precision", precision),
+        *("--epochs", str(sizes.throughput_epochs), "--no-pipelines"),
+        *("--json", str(report)),
+        *(("--subset", str(sizes.throughput_subset)) if sizes.throughput_subset else ()),
+        *(("--compile",) if compiled else ()),
+        *(("--width", str(sizes.small_widths[0])) if sizes.small_widths else ()),
+    ]
+    bench.run(command)
+    summary = json.loads(report.read_text())
+    runs = {run["script"]: run for run in summary["runs"]}
+    compiled_run, baseline_run = runs["compiled script"], runs["torchvision DataLoader"]
+    return {
+        "compiled_images_per_second": compiled_run["images_per_second"],
+        "baseline_images_per_second": baseline_run["images_per_second"],
+        "ratio": summary["ratio"],
+        "test_accuracy_delta_points": summary["test_accuracy_delta_points"],
+        "compiled": timings(compiled_run),
+        "baseline": timings(baseline_run),
+    }
+
+
+def case_name(precision: str, compiled: bool) -> str:
+    return f"{precision}, compile {'on' if compiled else 'off'}"
+
+
+def throughput(bench: Bench) -> None:
     for precision in ("fp32", "bf16"):
-        for compiled in sizes.compile_options:
-            name = f"{precision}, compile {'on' if compiled else 'off'}"
-            report = bench.work / f"throughput-{precision}-{compiled}.json"
-            command = [
-                sys.executable,
-                str(REPO / "bench" / "throughput.py"),
-                *("--device", sizes.device, "--precision", precision),
-                *("--epochs", str(sizes.throughput_epochs), "--no-pipelines"),
-                *("--json", str(report)),
-                *(("--subset", str(sizes.throughput_subset)) if sizes.throughput_subset else ()),
-                *(("--compile",) if compiled else ()),
-                *(("--width", str(sizes.small_widths[0])) if sizes.small_widths else ()),
-            ]
-            bench.run(command)
-            summary = json.loads(report.read_text())
-            speeds = {run["script"]: run["images_per_second"] for run in summary["runs"]}
-            out[name] = {
-                "compiled_images_per_second": speeds["compiled script"],
-                "baseline_images_per_second": speeds["torchvision DataLoader"],
-                "ratio": summary["ratio"],
-                "test_accuracy_delta_points": summary["test_accuracy_delta_points"],
-            }
-    return out
+        bench.case(
+            "throughput",
+            case_name(precision, False),
+            lambda p=precision: throughput_case(bench, p, False),  # type: ignore[misc]
+        )
 
 
 def write_synthetic_cifar(folder: Path, count: int) -> None:
@@ -222,78 +328,125 @@ def write_synthetic_cifar(folder: Path, count: int) -> None:
         pickle.dump({"label_names": [f"class{i}" for i in range(10)]}, file, protocol=2)
 
 
-def cifar_throughput(bench: Bench) -> dict[str, Any]:
+def cifar_case(bench: Bench, precision: str, compiled: bool) -> dict[str, Any]:
     sizes = bench.sizes
     data = bench.work / "cifar"
-    write_synthetic_cifar(data, sizes.cifar_images)
-    out: dict[str, Any] = {}
+    if not (data / "cifar-10-batches-py" / "test_batch").exists():
+        write_synthetic_cifar(data, sizes.cifar_images)
+    spec = spec_variant(
+        REPO / "specs" / "cifar10.imp",
+        bench.work / "cifar.imp",
+        source=f'cifar10(root = "{data}")  # synthetic',
+        precision=precision,
+        compile="true" if compiled else "false",
+        epochs=str(sizes.cifar_epochs),
+        **small_arch(sizes, "airbench"),
+    )
+    script = bench.work / "cifar_train.py"
+    bench.run([sys.executable, "-m", "improve_dsl.cli", "compile", str(spec), "-o", str(script)])
+    proc = bench.run([sys.executable, str(script), "--device", sizes.device])
+    result = events(proc.stdout)[-1]
+    return {
+        "images_per_second": result["images_per_second"],
+        "val_accuracy": result["val_accuracy"],
+        **timings(result),
+    }
+
+
+def cifar_throughput(bench: Bench) -> None:
     for precision in ("fp32", "bf16"):
-        for compiled in sizes.compile_options:
-            spec = spec_variant(
-                REPO / "specs" / "cifar10.imp",
-                bench.work / "cifar.imp",
-                source=f'cifar10(root = "{data}")  # synthetic',
-                precision=precision,
-                compile="true" if compiled else "false",
-                epochs=str(sizes.cifar_epochs),
-                **small_arch(sizes, "airbench"),
-            )
-            script = bench.work / "cifar_train.py"
-            bench.run(
-                [sys.executable, "-m", "improve_dsl.cli", "compile", str(spec), "-o", str(script)]
-            )
-            proc = bench.run([sys.executable, str(script), "--device", sizes.device])
-            result = events(proc.stdout)[-1]
-            out[f"{precision}, compile {'on' if compiled else 'off'}"] = {
-                "images_per_second": result["images_per_second"],
-                "val_accuracy": result["val_accuracy"],
-            }
-    return out
+        bench.case(
+            "cifar_throughput",
+            case_name(precision, False),
+            lambda p=precision: cifar_case(bench, p, False),  # type: ignore[misc]
+        )
 
 
-def time_to_accuracy(bench: Bench) -> dict[str, Any]:
+def compile_on(bench: Bench) -> None:
+    """The compile-on cases, last: a cold inductor build may take more than a minute."""
+    if True not in bench.sizes.compile_options:
+        return
+    for precision in ("fp32", "bf16"):
+        bench.case(
+            "compile_on",
+            f"fashion_mnist.imp throughput, {precision}",
+            lambda p=precision: throughput_case(bench, p, True),  # type: ignore[misc]
+        )
+    for precision in ("bf16",):
+        bench.case(
+            "compile_on",
+            f"cifar10.imp, {precision}",
+            lambda p=precision: cifar_case(bench, p, True),  # type: ignore[misc]
+        )
+
+
+def accuracy_run(bench: Bench, budget: int, seed: int) -> dict[str, Any]:
     sizes = bench.sizes
-    runs: dict[int, list[dict[str, Any]]] = {}
-    for budget in sizes.budgets:
+    script = bench.work / f"airbench_{budget}_train.py"
+    if not script.exists():
         spec = spec_variant(
             REPO / "specs" / "fashion_mnist_airbench.imp",
-            bench.work / "airbench.imp",
+            bench.work / f"airbench_{budget}.imp",
             epochs=str(budget),
             source=fashion_source(sizes.accuracy_subset) + "  # locked",
             **small_arch(sizes, "airbench"),
         )
-        script = bench.work / "airbench_train.py"
         bench.run(
             [sys.executable, "-m", "improve_dsl.cli", "compile", str(spec), "-o", str(script)]
         )
-        for seed in range(sizes.seeds):
-            command = [sys.executable, str(script), "--split", "test", "--seed", str(seed)]
-            proc = bench.run([*command, "--device", sizes.device])
-            result = events(proc.stdout)[-1]
-            runs.setdefault(budget, []).append(
-                {
-                    "seed": seed,
-                    "test_accuracy": result["test_accuracy"],
-                    "train_seconds": result["seconds"],
-                }
-            )
-    budgets = {
-        budget: {
-            "mean_test_accuracy": statistics.fmean(r["test_accuracy"] for r in rs),
-            "mean_train_seconds": statistics.fmean(r["train_seconds"] for r in rs),
-            "runs": rs,
-        }
-        for budget, rs in runs.items()
+    command = [sys.executable, str(script), "--split", "test", "--seed", str(seed)]
+    proc = bench.run([*command, "--device", sizes.device])
+    result = events(proc.stdout)[-1]
+    return {
+        "budget": budget,
+        "seed": seed,
+        "test_accuracy": result["test_accuracy"],
+        **timings(result),
     }
+
+
+def mean(values: list[float | None]) -> float | None:
+    """The mean, or None where any value is missing (an older script's result event)."""
+    known = [v for v in values if v is not None]
+    return statistics.fmean(known) if known and len(known) == len(values) else None
+
+
+def time_to_accuracy(bench: Bench) -> None:
+    sizes = bench.sizes
+    for budget in sizes.budgets:
+        for seed in range(sizes.seeds):
+            bench.case(
+                "time_to_accuracy",
+                f"{budget} epochs, seed {seed}",
+                lambda b=budget, s=seed: accuracy_run(bench, b, s),  # type: ignore[misc]
+                group="runs",
+            )
+    runs = [r for r in bench.results["time_to_accuracy"]["runs"].values() if "error" not in r]
+    budgets: dict[str, Any] = {}
+    for budget in sizes.budgets:
+        rs = [r for r in runs if r["budget"] == budget]
+        if rs:
+            budgets[str(budget)] = {
+                "mean_test_accuracy": statistics.fmean(r["test_accuracy"] for r in rs),
+                "mean_train_seconds": mean([r["train_seconds"] for r in rs]),
+                "mean_warmup_seconds": mean([r["warmup_seconds"] for r in rs]),
+                "mean_wall_seconds": mean([r["wall_seconds"] for r in rs]),
+                "seeds": len(rs),
+            }
     reached = {}
     for target in (0.93, 0.94):
-        first = next((b for b, s in budgets.items() if s["mean_test_accuracy"] >= target), None)
+        first = next((b for b, v in budgets.items() if v["mean_test_accuracy"] >= target), None)
         reached[f"{target:.0%}"] = (
-            {"epochs": first, "train_seconds": budgets[first]["mean_train_seconds"]}
+            {
+                "epochs": int(first),
+                "train_seconds": budgets[first]["mean_train_seconds"],
+                "warmup_seconds": budgets[first]["mean_warmup_seconds"],
+            }
             if first is not None
             else None
         )
-    return {"budgets": budgets, "time_to": reached}
+    bench.results["time_to_accuracy"].update(budgets=budgets, time_to=reached)
+    bench.save()
 
 
 def refine_once(
@@ -355,19 +508,39 @@ def refine_once(
     }
 
 
-def refine(bench: Bench) -> dict[str, Any]:
+def refine(bench: Bench) -> None:
     sizes = bench.sizes
-    return refine_once(
-        bench,
+    bench.case(
         "refine",
-        subset=sizes.refine_subset,
-        epochs=sizes.refine_epochs,
-        iters=sizes.refine_iters,
+        f"specs/fashion_mnist.imp, {sizes.refine_iters} iterations",
+        lambda: refine_once(
+            bench,
+            "refine",
+            subset=sizes.refine_subset,
+            epochs=sizes.refine_epochs,
+            iters=sizes.refine_iters,
+        ),
     )
 
 
-def fork_server(bench: Bench) -> dict[str, Any]:
-    out = {}
+def fork_case(
+    bench: Bench, name: str, extra: tuple[str, ...], env: dict[str, str]
+) -> dict[str, Any]:
+    sizes = bench.sizes
+    result = refine_once(
+        bench,
+        name.replace(" ", "_").replace(",", ""),
+        *extra,
+        subset=sizes.fork_subset,
+        epochs=sizes.fork_epochs,
+        iters=sizes.fork_iters,
+        env=env,
+    )
+    result["safe"] = all(status not in ("failed",) for status in result["statuses"])
+    return result
+
+
+def fork_server(bench: Bench) -> None:
     for name, extra, env in (
         ("fork server off", ("--no-test",), {"IMPROVE_FORK_SERVER": "0"}),
         ("fork server on", ("--no-test",), {"IMPROVE_FORK_SERVER": "always"}),
@@ -377,27 +550,21 @@ def fork_server(bench: Bench) -> dict[str, Any]:
             {"IMPROVE_FORK_SERVER": "always"},
         ),
     ):
-        sizes = bench.sizes
-        result = refine_once(
-            bench,
-            name.replace(" ", "_").replace(",", ""),
-            *extra,
-            subset=sizes.fork_subset,
-            epochs=sizes.fork_epochs,
-            iters=sizes.fork_iters,
-            env=env,
+        bench.case(
+            "fork_server",
+            name,
+            lambda n=name, x=extra, e=env: fork_case(bench, n, x, e),  # type: ignore[misc]
         )
-        result["safe"] = all(status not in ("failed",) for status in result["statuses"])
-        out[name] = result
-    return out
 
 
-STEPS: tuple[tuple[str, Callable[[Bench], dict[str, Any]]], ...] = (
+# Most important first: what is left when the budget runs out is the least missed.
+STEPS: tuple[tuple[str, Callable[[Bench], None]], ...] = (
     ("throughput", throughput),
-    ("cifar_throughput", cifar_throughput),
     ("time_to_accuracy", time_to_accuracy),
     ("refine", refine),
     ("fork_server", fork_server),
+    ("cifar_throughput", cifar_throughput),
+    ("compile_on", compile_on),
 )
 
 
@@ -408,66 +575,110 @@ def score(value: object) -> str:
     return f"{value:.4f}" if isinstance(value, float) else "—" if value is None else str(value)
 
 
+def seconds(value: object) -> str:
+    return f"{value:.1f} s" if isinstance(value, (int, float)) else "—"
+
+
+def apart(t: dict[str, Any]) -> str:
+    """Training, warm-up and total wall, apart."""
+    return (
+        f"train {seconds(t.get('train_seconds'))}, warm-up {seconds(t.get('warmup_seconds'))}, "
+        f"wall {seconds(t.get('wall_seconds'))}"
+    )
+
+
+def figure(step: str, case: str, r: dict[str, Any]) -> str:
+    """One case's figures, in words."""
+    if "error" in r:
+        return f"not run: {r['error']}"
+    if "compiled_images_per_second" in r:
+        return (
+            f"{r['compiled_images_per_second']:,.0f} vs {r['baseline_images_per_second']:,.0f}"
+            f" images/s ({r['ratio']:.2f}x), accuracy {r['test_accuracy_delta_points']:+.2f}"
+            f" points; compiled script {apart(r['compiled'])}"
+        )
+    if "images_per_second" in r:
+        return f"{r['images_per_second']:,.0f} images/s; {apart(r)}"
+    if "test_accuracy" in r and "seed" in r:
+        return f"test {r['test_accuracy']:.4f}; {apart(r)}"
+    return (
+        f"best val {score(r['best_val_accuracy'])}, test {score(r['test_accuracy'])}, "
+        f"{r['wall_seconds']:.0f} s wall, statuses {', '.join(map(str, r['statuses']))}"
+        + (f", safe {r['safe']}" if "safe" in r else "")
+    )
+
+
 def table(results: dict[str, Any]) -> str:
     """The figures as one Markdown table: step, case, figure."""
     rows = [("step", "case", "figure")]
-
-    def add(step: str, case: str, figure: str) -> None:
-        rows.append((step, case, figure))
-
     for step, value in results.items():
         if not isinstance(value, dict) or "error" in value:
-            add(step, "", f"not run: {value.get('error') if isinstance(value, dict) else value}")
-            continue
-        if step == "setup":
-            add(step, value["device"], f"torch {value['torch']}, {value['cpus']} CPUs")
-        elif step == "throughput":
-            for case, r in value.items():
-                add(
-                    step,
-                    f"fashion_mnist.imp, {case}",
-                    f"{r['compiled_images_per_second']:,.0f} vs "
-                    f"{r['baseline_images_per_second']:,.0f}"
-                    f" images/s ({r['ratio']:.2f}x), accuracy "
-                    f"{r['test_accuracy_delta_points']:+.2f}"
-                    " points",
-                )
-        elif step == "cifar_throughput":
-            for case, r in value.items():
-                add(
-                    step,
-                    f"cifar10.imp on synthetic 3x32x32, {case}",
-                    f"{r['images_per_second']:,.0f} images/s",
-                )
+            rows.append(
+                (step, "", f"not run: {value.get('error') if isinstance(value, dict) else value}")
+            )
+        elif step == "setup":
+            rows.append((step, value["device"], f"torch {value['torch']}, {value['cpus']} CPUs"))
         elif step == "time_to_accuracy":
-            for budget, r in value["budgets"].items():
-                add(
-                    step,
-                    f"{budget} epochs",
-                    f"test {r['mean_test_accuracy']:.4f} in {r['mean_train_seconds']:.1f} s "
-                    f"(mean of {len(r['runs'])})",
+            for case, r in value.get("runs", {}).items():
+                rows.append((step, case, figure(step, case, r)))
+            for budget, r in value.get("budgets", {}).items():
+                rows.append(
+                    (
+                        step,
+                        f"{budget} epochs",
+                        f"test {r['mean_test_accuracy']:.4f} in "
+                        f"{seconds(r['mean_train_seconds'])} of training + "
+                        f"{seconds(r['mean_warmup_seconds'])} warm-up "
+                        f"(wall {seconds(r['mean_wall_seconds'])}; mean of {r['seeds']})",
+                    )
                 )
-            for target, r in value["time_to"].items():
-                add(
-                    step,
-                    f"to {target}",
-                    "not reached"
-                    if r is None
-                    else f"{r['train_seconds']:.1f} s ({r['epochs']} epochs)",
+            for target, r in value.get("time_to", {}).items():
+                rows.append(
+                    (
+                        step,
+                        f"to {target}",
+                        "not reached"
+                        if r is None
+                        else f"{seconds(r['train_seconds'])} of training + "
+                        f"{seconds(r['warmup_seconds'])} warm-up ({r['epochs']} epochs)",
+                    )
                 )
+            for case, r in value.items():
+                if case not in ("runs", "budgets", "time_to"):
+                    rows.append((step, case, figure(step, case, r)))
         else:
-            cases = value.items() if step == "fork_server" else [("", value)]
-            for case, r in cases:
-                add(
-                    step,
-                    case,
-                    f"best val {score(r['best_val_accuracy'])}, test {score(r['test_accuracy'])}, "
-                    f"{r['wall_seconds']:.0f} s wall, statuses {', '.join(map(str, r['statuses']))}"
-                    + (f", safe {r['safe']}" if "safe" in r else ""),
-                )
+            for case, r in value.items():
+                rows.append((step, case, figure(step, case, r)))
     lines = [f"| {' | '.join(row)} |" for row in rows]
     lines.insert(1, "|---|---|---|")
     return "\n".join(lines) + "\n"
+
+
+def failures(results: dict[str, Any]) -> list[str]:
+    """Every step or case that did not give its figures."""
+    failed = []
+    for step, value in results.items():
+        if not isinstance(value, dict):
+            continue
+        if "error" in value:
+            failed.append(step)
+            continue
+        for case, r in {**value, **value.get("runs", {})}.items():
+            if isinstance(r, dict) and "error" in r:
+                failed.append(f"{step}, {case}")
+    return failed
+
+
+def staged_data(data: Path, work: Path) -> Path:
+    """A folder for $IMPROVE_DATA that both readers find the .gz files in: the compiled
+    scripts look in $IMPROVE_DATA/fashion-mnist, bench/throughput.py hands $IMPROVE_DATA to
+    the torchvision baseline as the folder of the files themselves."""
+    folder = work / "data"
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in FASHION_FILES:
+        (folder / name).symlink_to((data / name).resolve())
+    (folder / "fashion-mnist").symlink_to(".")
+    return folder
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -477,64 +688,58 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--data",
         type=Path,
-        help="folder of the Fashion-MNIST .gz files "
-        "(default: .data/fashion-mnist in the checkout, else the system's)",
+        default=REPO / ".data" / "fashion-mnist",
+        help="folder of the Fashion-MNIST .gz files (default: .data/fashion-mnist in the "
+        "checkout, as bench/gpu.sh --prepare writes and carry brings; the system's copy is "
+        "not looked for, so a missing carried folder fails at once)",
     )
     parser.add_argument(
         "--max-seconds",
         type=float,
-        default=540.0,
-        help="wall-clock budget; steps left when it runs out are not run",
+        default=480.0,
+        help="wall-clock budget; cases left when it runs out are recorded as not run",
     )
     parser.add_argument("--steps", help="comma-separated subset of the steps")
     args = parser.parse_args(argv)
     sizes = DRY if args.dry_run else GPU
-    data = args.data or next(
-        (
-            p
-            for p in (REPO / ".data" / "fashion-mnist", Path("/usr/share/datasets/fashion-mnist"))
-            if p.is_dir()
-        ),
-        REPO / ".data" / "fashion-mnist",
-    )
+    data = args.data.resolve()
     args.out.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="improve-gpu-"))
     env = {
         **os.environ,
-        "IMPROVE_DATA": str(data),
         "PYTHONUNBUFFERED": "1",
         "XDG_CACHE_HOME": str(work / "cache"),
     }
     env = {k: v for k, v in env.items() if not k.startswith("OPENAI_")}  # the offline expert
     bench = Bench(sizes, args.out, work, env, time.monotonic() + args.max_seconds)
+    bench.results["dry_run"] = args.dry_run
     wanted = set(args.steps.split(",")) if args.steps else {name for name, _ in STEPS}
     try:
         try:
             bench.results["setup"] = setup(bench, data)
+            env["IMPROVE_DATA"] = str(staged_data(data, work))
         except Exception as exc:  # nothing else can run; say why
             bench.results["setup"] = {"error": str(exc)}
             wanted = set()
+        bench.save()
         for name, step in STEPS:
             if name not in wanted:
                 continue
-            if bench.remaining() < 10:
-                bench.results[name] = {"error": "out of time"}
-                continue
             began = time.perf_counter()
             try:
-                bench.results[name] = step(bench)
-            except Exception as exc:  # recorded; the next step still runs
-                bench.results[name] = {"error": f"{type(exc).__name__}: {str(exc)[-600:]}"}
+                step(bench)
+            except Exception as exc:  # recorded beside its finished cases; the next step runs
+                error = f"{type(exc).__name__}: {str(exc)[-600:]}"
+                bench.results.setdefault(name, {})["the step itself"] = {"error": error}
+            bench.save()
             print(f"{name}: {time.perf_counter() - began:.0f} s", file=sys.stderr, flush=True)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    bench.results["dry_run"] = args.dry_run
-    (args.out / "gpu.json").write_text(json.dumps(bench.results, indent=2) + "\n")
+        bench.save()
     markdown = table({k: v for k, v in bench.results.items() if k != "dry_run"})
     (args.out / "gpu.md").write_text(markdown)
     print(markdown)
-    failed = [k for k, v in bench.results.items() if isinstance(v, dict) and "error" in v]
-    return 1 if failed else 0
+    return 1 if failures(bench.results) else 0
 
 
 if __name__ == "__main__":

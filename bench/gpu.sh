@@ -6,6 +6,8 @@
 # There, from the carried checkout (carry: .whl and .data):
 #   bash bench/gpu.sh           # installs the wheels into /tmp/site, runs bench/gpu.py into $OUT
 #   bash bench/gpu.sh --dry-run # the same steps on the CPU with tiny sizes
+# Fashion-MNIST comes from .data/fashion-mnist only (or --data DIR), never the system's copy,
+# so a dry run here fails as the GPU machine would when the carried folder is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -27,7 +29,8 @@ if [[ "${1:-}" == "--prepare" ]]; then
   exit 0
 fi
 
-if compgen -G ".whl/*.whl" > /dev/null; then
+# The dry run uses this machine's environment; the GPU machine needs the carried wheels.
+if [[ " $* " != *" --dry-run "* ]] && compgen -G ".whl/*.whl" > /dev/null; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
     --target /tmp/site .whl/*.whl
   export PYTHONPATH="/tmp/site:$PWD${PYTHONPATH:+:$PYTHONPATH}"
