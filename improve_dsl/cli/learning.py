@@ -47,6 +47,7 @@ def cmd_ablate(args: argparse.Namespace) -> int:
     """Leave-one-out and add-one-in retraining of a run's accepted changes."""
     from ..executors import make_executor
     from ..executors.ray_executor import RayUnavailable
+    from ..journal import JournalError, RunDir
     from ..refine.ablation import AblationError, ablate, table_text
 
     if args.seeds < 1:
@@ -54,6 +55,10 @@ def cmd_ablate(args: argparse.Namespace) -> int:
     if args.parallel < 1:
         raise UsageError("--parallel must be at least 1")
     run_dir = Path(args.run_dir)
+    try:  # before any executor starts
+        RunDir.open(run_dir)
+    except JournalError as exc:
+        raise UsageError(str(exc)) from None
     try:
         executor = make_executor(
             "ray" if args.ray_address else args.executor,

@@ -33,6 +33,7 @@ from ..journal import ResultCache, RunDir, atomic_write_json, atomic_write_text,
 from . import edit
 from .heuristic import apply_changes
 from .live import NullReporter, Reporter
+from .memory import move_identity
 from .state import Candidate, Incumbent, compile_script
 
 ABLATION_JSON = "ablation.json"
@@ -127,7 +128,8 @@ def accepted_changes(run: RunDir) -> list[Change]:
         gain = None
         if record.metric is not None and record.incumbent_metric is not None:
             gain = record.metric - record.incumbent_metric
-        changes.append(Change(record.iteration, record.block, record.move, gain, before, after))
+        move = move_identity(record.move)
+        changes.append(Change(record.iteration, record.block, move, gain, before, after))
         before = after
     return changes
 

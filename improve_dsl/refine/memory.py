@@ -41,6 +41,12 @@ def profile_of(spec_text: str, spec_path: str) -> Profile:
     return Profile(info.source, info.size, info.channels, info.classes, info.train_size, arch)
 
 
+def move_identity(move: str) -> str:
+    """The move an expert named, or "" when it named none (a replayed proposal's id is
+    where it came from, a file and line, not a move)."""
+    return "" if move.startswith("replay:") else move
+
+
 def move_family(move: str) -> str:
     """A move id without its step factor: ``train.lr:up*2`` and ``train.lr:up*1.41`` are
     one family (``train.lr:up``); several moves joined by ``+`` keep each."""
@@ -152,7 +158,7 @@ def evidence_of(
         iteration=record.iteration,
         profile=profile,
         block=record.block,
-        move=record.move,
+        move=move_identity(record.move),
         edit=edit,
         status=record.status,
         metric=record.metric,

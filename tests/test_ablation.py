@@ -1,0 +1,189 @@
+"""`improve ablate` on real refinements of digits (real training, real processes): the table,
+superseded changes, Ctrl-C and going on, and the chart in `improve report` (in Chromium)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from conftest import ImproveCall, improve_env, run_improve
+
+from improve_dsl.journal import RunDir
+from improve_dsl.refine.ablation import ABLATION_JSON, accepted_changes, leave_out, read_ablation
+from improve_dsl.refine.live import NullReporter
+from improve_dsl.refine.loop import refine
+from improve_dsl.refine.options import RefineOptions
+
+ROOT = Path(__file__).resolve().parent.parent
+DIGITS = (ROOT / "specs" / "digits.imp").read_text()
+CHROMIUM = Path("/usr/bin/chromium")
+
+# The weak start at 3 epochs (plain SGD, lr 0.01, about 0.2-0.3): a momentum optimizer is a
+# large gain; then longer training with a new optimizer rewrites the first change's only
+# field (its optimizer), so leaving the first change out of the best spec no longer applies.
+START = DIGITS.replace("epochs = 4", "epochs = 3")
+PROPOSALS = [
+    {
+        "block": "train",
+        "text": "train {\n  epochs = 3\n  optimizer = sgd(lr = 0.01, momentum = 0.5)\n"
+        "  schedule = constant()\n  loss = cross_entropy()\n}\n",
+        "rationale": "some momentum",
+    },
+    {
+        "block": "train",
+        "text": "train {\n  epochs = 12\n  optimizer = adamw(lr = 0.003)\n"
+        "  schedule = one_cycle(warmup = 0.2)\n  loss = cross_entropy()\n}\n",
+        "rationale": "longer, AdamW, one-cycle",
+    },
+    {
+        "block": "model",
+        "text": "model {\n  arch = cnn(channels = [16, 32])\n}\n",
+        "rationale": "a small CNN",
+    },
+]
+
+
+@pytest.fixture(scope="session")
+def refined(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A real three-iteration refine of the weak digits start, by replayed proposals."""
+    folder = tmp_path_factory.mktemp("ablate")
+    spec = folder / "digits.imp"
+    spec.write_text(START)
+    replay = folder / "replay.jsonl"
+    replay.write_text("".join(json.dumps(p) + "\n" for p in PROPOSALS))
+    options = RefineOptions(iters=3, expert=f"replay:{replay}", select="analyst", test=False)
+    result = refine(spec, options, NullReporter())
+    return result.run_dir
+
+
+def _copy(run: Path, tmp_path: Path) -> Path:
+    """A copy of the run beside its results cache (so cached runs are found as refine's)."""
+    target = run.parent / f"copy-{tmp_path.name}"
+    shutil.copytree(run, target)
+    return target
+
+
+@pytest.mark.slow
+def test_leave_one_out_reports_a_change_a_later_one_rewrote(refined: Path) -> None:
+    run = RunDir(refined)
+    changes = accepted_changes(run)
+    assert [c.iteration for c in changes][:2] == [1, 2]
+    best = run.best_spec.read_text()
+    text, note = leave_out(best, changes[0], str(run.start_spec))
+    assert text is None and "superseded" in note
+    text, note = leave_out(best, changes[1], str(run.start_spec))
+    assert text is not None and note == ""
+    assert "sgd(lr = 0.01, momentum = 0.5" in text and "epochs = 3" in text
+
+
+@pytest.mark.slow
+def test_ablate_prints_the_table_and_writes_it_to_the_run(
+    refined: Path, tmp_path: Path, improve: ImproveCall
+) -> None:
+    run = _copy(refined, tmp_path)
+    result = improve("ablate", str(run), "--seeds", "2", "--parallel", "2")
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert (
+        "| change | block | gain when kept | leave-one-out drop | add-one-in gain | seconds |"
+        in (out)
+    )
+    table = read_ablation(run)
+    assert table is not None and table.seeds == [0, 1]
+    assert (run / "ablation.md").read_text().startswith("ablation of")
+    kept = [r.iteration for r in RunDir(run).records() if r.accepted and r.iteration > 0]
+    assert [r.iteration for r in table.rows] == kept
+    first = table.rows[0]
+    # the first change was rewritten by the second: reported, not measured
+    assert first.drop is None and "superseded" in first.note
+    assert f"- #{first.iteration}: superseded" in out
+    assert first.gain is not None and first.gain > 0.05  # momentum alone lifts the weak start
+    measured = [r for r in table.rows if r.drop is not None]
+    assert measured
+    for row in measured:
+        assert row.noise is not None and row.within_noise == (row.drop <= row.noise)
+        assert row.drop_spread is not None and row.seconds > 0
+    # Run again: every run is answered from the results cache.
+    again = improve("ablate", str(run), "--seeds", "2")
+    assert again.returncode == 0
+    assert read_ablation(run) == table
+    metrics = list((run / "ablation" / "candidates").rglob("metrics.json"))
+    assert metrics and all(json.loads(m.read_text()).get("cached") for m in metrics)
+
+
+@pytest.mark.slow
+def test_ablate_goes_on_after_ctrl_c_without_repeating_finished_runs(
+    refined: Path, tmp_path: Path
+) -> None:
+    run = _copy(refined, tmp_path)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "improve_dsl.cli", "ablate", str(run), "--seeds", "3"],
+        env=improve_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    cache = refined.parent / "cache"
+
+    def entries() -> dict[Path, int]:
+        return {p: p.stat().st_ino for p in cache.glob("??/*.json")}
+
+    before = entries()
+    deadline = time.monotonic() + 240
+    while not set(entries()) - set(before):  # until this ablation has finished a run
+        assert time.monotonic() < deadline and process.poll() is None
+        time.sleep(0.05)
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 130, stderr
+    assert f"improve ablate {run}" in stderr and "Traceback" not in stderr
+    assert not (run / ABLATION_JSON).exists()
+    finished = {p: ino for p, ino in entries().items() if p not in before}
+    assert finished
+
+    done = run_improve("ablate", str(run), "--seeds", "3")
+    assert done.returncode == 0, done.stderr
+    after = entries()
+    # what finished before Ctrl-C was read back, not trained (and so written) again
+    assert all(after[p] == ino for p, ino in finished.items())
+    table = read_ablation(run)
+    assert table is not None and len(table.seeds) == 3
+
+
+def test_ablate_of_a_folder_that_is_not_a_run_is_one_line_exit_2(
+    tmp_path: Path, improve: ImproveCall
+) -> None:
+    result = improve("ablate", str(tmp_path))
+    assert result.returncode == 2
+    assert result.stderr.startswith("improve: error:") and len(result.stderr.splitlines()) == 1
+    assert "not a run directory" in result.stderr
+    assert improve("ablate", str(tmp_path), "--seeds", "0").returncode == 2
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not CHROMIUM.exists(), reason="/usr/bin/chromium is absent")
+def test_the_report_shows_the_ablation_chart_in_chromium(
+    refined: Path, tmp_path: Path, improve: ImproveCall
+) -> None:
+    from test_report import _chromium, _colours
+
+    run = _copy(refined, tmp_path)
+    assert improve("ablate", str(run), "--seeds", "1").returncode == 0
+    assert improve("report", str(run)).returncode == 0
+    page = (run / "report.html").read_text()
+    assert page.count('src="data:image/png;base64,') == 2  # the iterations and the ablation
+    shot, console, text = _chromium(run / "report.html", tmp_path)
+    assert console == []
+    assert _colours(shot) > 200
+    assert "Ablation: which kept changes matter" in text
+    assert "leave-one-out drop" in text and "add-one-in gain" in text
+    table = read_ablation(run)
+    assert table is not None
+    for row in table.rows:
+        assert row.label in text
