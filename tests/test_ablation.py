@@ -187,3 +187,47 @@ def test_the_report_shows_the_ablation_chart_in_chromium(
     assert table is not None
     for row in table.rows:
         assert row.label in text
+
+
+FASHION = Path("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz")
+FASHION_START = (
+    (ROOT / "specs" / "fashion_mnist_quick.imp")
+    .read_text()
+    .replace("subset = 5000", "subset = 1500")
+    .replace("epochs = 2", "epochs = 1")
+)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not FASHION.exists(), reason="needs apt-get install dataset-fashion-mnist")
+def test_ablate_a_fashion_mnist_refine_and_its_evidence(
+    tmp_path: Path, improve: ImproveCall
+) -> None:
+    from improve_dsl.evidence import Store
+
+    spec = tmp_path / "fashion.imp"
+    spec.write_text(FASHION_START)
+    replay = tmp_path / "replay.jsonl"
+    momentum = {
+        "block": "train",
+        "text": "train {\n  epochs = 1\n  optimizer = sgd(lr = 0.05, momentum = 0.9)\n"
+        "  schedule = constant()\n  loss = cross_entropy()\n}\n",
+    }
+    replay.write_text(json.dumps(momentum) + "\n")
+    done = improve("refine", str(spec), "--iters", "1", "--expert", f"replay:{replay}", "-q")
+    assert done.returncode == 0, done.stderr
+    (run,) = [p for p in (tmp_path / "fashion.improve").iterdir() if (p / "state.json").exists()]
+    assert [r.status for r in RunDir(run).records()] == ["accepted", "accepted"]
+    result = improve("ablate", str(run), "--seeds", "2", "--parallel", "2")
+    assert result.returncode == 0, result.stderr
+    table = read_ablation(run)
+    assert table is not None
+    (row,) = table.rows
+    # the only change: leaving it out is the start, adding it alone is the best spec
+    assert row.drop is not None and row.gain is not None
+    assert row.drop == pytest.approx(row.gain)
+    assert row.drop > 0
+    rows = Store().rows(dataset="fashion_mnist")
+    assert [r.iteration for r in rows] == [0, 1]
+    assert (rows[1].profile.image_size, rows[1].profile.channels) == (28, 1)
+    assert rows[1].edit["fields"]["optimizer.momentum"] == [0.0, 0.9]
