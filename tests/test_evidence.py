@@ -280,3 +280,32 @@ def test_no_history_neither_reads_nor_writes_the_store(
     result = improve("refine", str(spec), "--iters", "0", "--no-test", "-q", "--no-history")
     assert result.returncode == 0, result.stderr
     assert not default_path().exists()
+
+
+def test_history_lists_moves_by_effect_with_counts_and_spread(improve: ImproveCall) -> None:
+    assert "no refinement attempts stored yet" in improve("history").stdout
+    store = Store()
+    store.add(
+        [
+            row("/a", 1, "train.recipe", "accepted", 0.06, DIGITS),
+            row("/a", 2, "train.recipe", "accepted", 0.04, DIGITS),
+            row("/a", 3, "augment.cutout", "rejected", -0.02, DIGITS),
+            row("/b", 1, "model.width@resnet:up*2", "accepted", 0.01, CIFAR),
+        ]
+    )
+    result = improve("history")
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0].startswith("4 attempts from 2 run(s) on cifar10, digits")
+    table = [line.split() for line in lines[3:]]
+    assert table == [
+        ["train.recipe", "2", "2", "+0.0500", "0.0141"],
+        ["model.width@resnet:up", "1", "1", "+0.0100", "—"],
+        ["augment.cutout", "1", "0", "-0.0200", "—"],
+    ]
+    only = improve("history", "--dataset", "cifar10").stdout
+    assert "model.width@resnet:up" in only and "train.recipe" not in only
+    default_path().write_bytes(b"not sqlite" * 300)
+    broken = improve("history")
+    assert broken.returncode == 2 and len(broken.stderr.splitlines()) == 1
+    assert "evidence store" in broken.stderr and "Traceback" not in broken.stderr
