@@ -275,3 +275,26 @@ def test_a_runtime_folder_too_deep_for_a_socket_means_an_ordinary_subprocess(
     result, log = _probe(tmp_path, "run", server)
     assert "started without the fork server (no resident fork server: the socket's path" in log
     assert result.result is not None and result.result["parent"] == os.getpid()
+
+
+def test_the_executor_falls_back_to_a_server_of_its_own(runtime: Path, tmp_path: Path) -> None:
+    from improve_dsl.executors.local import ForkServers
+
+    key = resident.server_key(("json",), resident.server_env())
+    path = resident.socket_path(resident.runtime_dir(), key)
+    stranger = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    stranger.bind(str(path))
+    stranger.listen(1)
+    servers = ForkServers(preload=("json",))
+    try:
+        conn, _ = stranger.accept()
+        conn.send(b"garbage")
+        first, log = _probe(tmp_path, "one", servers)
+        second, _ = _probe(tmp_path, "two", servers)
+        conn.close()
+    finally:
+        servers.close()
+        stranger.close()
+    assert "started as a fork of the fork server (pid" in log
+    assert first.result is not None and second.result is not None
+    assert first.result["parent"] == second.result["parent"] != os.getpid()

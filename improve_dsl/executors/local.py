@@ -198,10 +198,11 @@ class ForkServers:
     their imports overlap the loop's first compile.
     """
 
-    def __init__(self, resident: bool = True) -> None:
+    def __init__(self, resident: bool = True, preload: Sequence[str] = forkserver.PRELOAD) -> None:
         self.name = "the fork server"
+        self._preload = tuple(preload)
         self._lock = threading.Lock()
-        self._resident = ResidentForkServer() if resident else None
+        self._resident = ResidentForkServer(self._preload) if resident else None
         self._private: forkserver.ForkServer | None = None
         if self._resident is None:
             self._start_private()
@@ -210,7 +211,7 @@ class ForkServers:
         # torch may read the compile caches' folders as it imports: the server too
         env = {**compile_cache_env(), **os.environ}
         with contextlib.suppress(OSError):  # without one, runs start the ordinary way
-            self._private = forkserver.ForkServer(env=env)
+            self._private = forkserver.ForkServer(self._preload, env=env)
 
     def spawn(
         self, argv: Sequence[str], *, env: Mapping[str, str], cwd: Path | None = None
