@@ -65,6 +65,18 @@ def _children(pid: int) -> list[int]:
     return found
 
 
+def _working_in(folder: Path, but: int) -> list[int]:
+    """Processes (other than ``but``) whose working folder is ``folder``: the training runs
+    of a refinement there, forks of the resident fork server rather than its children."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and entry.name != str(but):
+            with contextlib.suppress(OSError):
+                if (entry / "cwd").resolve(strict=True) == folder.resolve():
+                    found.append(int(entry.name))
+    return found
+
+
 def _alive(pid: int) -> bool:
     try:
         state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
@@ -118,7 +130,10 @@ def test_ctrl_c_saves_the_state_and_says_how_to_resume(tmp_path: Path) -> None:
     while not (run.candidate_dir(1) / "log").exists():  # iteration 1 is training
         assert time.monotonic() < deadline and process.poll() is None
         time.sleep(0.05)
-    children = _children(process.pid)
+    # Its log is written just before the run starts: wait for the training process too.
+    while not (children := _children(process.pid) + _working_in(tmp_path, but=process.pid)):
+        assert time.monotonic() < deadline and process.poll() is None
+        time.sleep(0.05)
     process.send_signal(signal.SIGINT)
     _, stderr = process.communicate(timeout=60)
     assert process.returncode == 130, stderr
