@@ -309,3 +309,24 @@ def test_history_lists_moves_by_effect_with_counts_and_spread(improve: ImproveCa
     broken = improve("history")
     assert broken.returncode == 2 and len(broken.stderr.splitlines()) == 1
     assert "evidence store" in broken.stderr and "Traceback" not in broken.stderr
+
+
+def test_a_resumed_run_stores_what_a_kill_kept_from_the_store_and_nothing_twice(
+    tmp_path: Path, improve: ImproveCall
+) -> None:
+    spec = tmp_path / "digits.imp"
+    spec.write_text(SPEC)
+    assert improve("refine", str(spec), "--iters", "0", "--no-test", "-q").returncode == 0
+    (run,) = [p for p in (tmp_path / "digits.improve").iterdir() if (p / "state.json").exists()]
+    assert len(Store().rows()) == 1
+    db = sqlite3.connect(default_path())
+    db.execute("DELETE FROM attempts")  # as if killed between the journal and the store
+    db.commit()
+    db.close()
+    resumed = improve("refine", "--resume", str(run), "--iters", "0", "-q")
+    assert resumed.returncode == 0, resumed.stderr
+    again = improve("refine", "--resume", str(run), "--iters", "0", "-q")
+    assert again.returncode == 0, again.stderr
+    (baseline,) = Store().rows()
+    assert baseline.iteration == 0 and baseline.run == str(run.resolve())
+    assert len(baseline.provenance["script_sha256"]) == 64

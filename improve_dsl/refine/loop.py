@@ -109,6 +109,7 @@ class Refiner:
             self.start_text,
             str(self.spec_path),
             reporter.message,
+            self.records,  # a resumed run's attempts, in case a kill beat the store to them
         )
         self.proposer.priors = self.memory.priors
 

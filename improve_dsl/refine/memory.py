@@ -288,6 +288,13 @@ def torch_version() -> str:
         return ""
 
 
+def _read(path: Path) -> str | None:
+    try:
+        return path.read_text(encoding="utf-8")
+    except OSError:
+        return None
+
+
 class Memory:
     """A refine run's link to the store: priors read once at the start, each finished
     attempt appended as it is journalled. A store that fails is warned about once (through
@@ -300,6 +307,7 @@ class Memory:
         start_text: str,
         spec_path: str,
         warn: Any,
+        records: Sequence[Record] = (),
     ) -> None:
         self.store = store
         self.run = run
@@ -317,6 +325,18 @@ class Memory:
             self.priors, problem = load_priors(self.store, self.profile, run)
             if problem:
                 self._fail(StoreError(problem))
+        self._backfill(records, start_text)
+
+    def _backfill(self, records: Sequence[Record], start_text: str) -> None:
+        """A resumed run's journalled attempts, stored again where a kill came between the
+        journal and the store (the rows already there are kept as they are)."""
+        before = start_text
+        for record in records:
+            folder = self.run / "candidates" / str(record.iteration)
+            after = _read(folder / "spec.imp") if record.iteration else start_text
+            self.remember(record, before, after, _read(folder / "train.py"), [])
+            if record.accepted and after is not None:
+                before = after
 
     def _fail(self, exc: StoreError) -> None:
         self.store = None
