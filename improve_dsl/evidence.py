@@ -20,13 +20,16 @@ from __future__ import annotations
 import json
 import math
 import os
+import random
 import sqlite3
 import time
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import closing, contextmanager
+from collections.abc import Callable, Mapping, Sequence
+from contextlib import closing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
+
+T = TypeVar("T")
 
 APPLICATION = "improve-evidence"
 SCHEMA_VERSION = 1
@@ -146,24 +149,43 @@ class Store:
 
     # ------------------------------------------------------------ connection
 
-    @contextmanager
-    def _connect(self) -> Iterator[sqlite3.Connection]:
+    def _session(self, work: Callable[[sqlite3.Connection], T]) -> T:
+        """``work`` on an open, checked connection. A lock another refine holds past the busy
+        timeout's first wait (SQLite does not wait on every path: a WAL switch, a recovery)
+        is waited out here, up to ``BUSY_TIMEOUT_S``; each ``work`` is one transaction, so a
+        retry repeats nothing half-done."""
+        deadline = time.monotonic() + BUSY_TIMEOUT_S
+        pause = 0.01
+        while True:
+            try:
+                return self._once(work)
+            except sqlite3.OperationalError as exc:
+                locked = "locked" in str(exc) or "busy" in str(exc)
+                if not locked or time.monotonic() > deadline:
+                    raise self._unusable(exc) from None
+            except sqlite3.DatabaseError as exc:
+                raise self._unusable(exc) from None
+            time.sleep(pause * (1 + random.random()))
+            pause = min(pause * 2, 0.5)
+
+    def _unusable(self, exc: BaseException) -> StoreError:
+        return StoreError(
+            f"the evidence store {self.path} is unusable ({exc}); "
+            "going on without history (move it away to start a new one)"
+        )
+
+    def _once(self, work: Callable[[sqlite3.Connection], T]) -> T:
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             db = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_S, isolation_level=None)
-        except (OSError, sqlite3.Error) as exc:
+        except OSError as exc:
             raise StoreError(f"cannot open the evidence store {self.path}: {exc}") from None
         with closing(db):
-            try:
-                db.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
+            db.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
+            if db.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
                 db.execute("PRAGMA journal_mode = WAL")
-                self._check(db)
-                yield db
-            except sqlite3.DatabaseError as exc:
-                raise StoreError(
-                    f"the evidence store {self.path} is unusable ({exc}); "
-                    "going on without history (move it away to start a new one)"
-                ) from None
+            self._check(db)
+            return work(db)
 
     def _check(self, db: sqlite3.Connection) -> None:
         """Create the schema in an empty file; refuse a database some other program made."""
@@ -201,8 +223,7 @@ class Store:
 
     def check(self) -> None:
         """Open the store once (creating it); StoreError when it cannot be used."""
-        with self._connect():
-            pass
+        self._session(lambda db: None)
 
     # ------------------------------------------------------------ writing
 
@@ -238,7 +259,8 @@ class Store:
             for e in rows
         ]
         marks = ", ".join("?" * len(values[0]))
-        with self._connect() as db:
+
+        def insert(db: sqlite3.Connection) -> int:
             db.execute("BEGIN IMMEDIATE")
             try:
                 before = db.total_changes
@@ -251,7 +273,9 @@ class Store:
                 if db.in_transaction:
                     db.execute("ROLLBACK")
                 raise
-        return added
+            return added
+
+        return self._session(insert)
 
     # ------------------------------------------------------------ reading
 
@@ -269,8 +293,7 @@ class Store:
         if where:
             query += " WHERE " + " AND ".join(where)
         query += " ORDER BY id"
-        with self._connect() as db:
-            found = db.execute(query, params).fetchall()
+        found = self._session(lambda db: db.execute(query, params).fetchall())
         return [_evidence(row) for row in found]
 
 

@@ -101,7 +101,7 @@ WRITER = textwrap.dedent(
 
 def test_refines_writing_side_by_side_lose_nothing(tmp_path: Path) -> None:
     path = tmp_path / "shared.sqlite"
-    writers, per_writer = 4, 40
+    writers, per_writer = 6, 40
     procs = [
         subprocess.Popen(
             [sys.executable, "-c", WRITER, str(path), f"/run/{n}", str(per_writer)],
