@@ -3,8 +3,8 @@
 Two kinds of entry, in the user cache folder (``$XDG_CACHE_HOME/improve/compiled``):
 
 - a **script**, keyed by the spec's bytes, the path it was given as (a relative image folder
-  is read from the spec's folder, so the path is part of the script) and :func:`fingerprint`
-  (the package's version, its sources, its templates and grammar);
+  is read from the spec's folder, so the path is part of the script) and
+  ``paths.compiler_fingerprint`` (the package's version, its sources, templates and grammar);
 - a **model check** (``check.check_model``: the model built on the meta device), keyed by
   the script's text, torch's version and the dataset it was checked against (for an image
   folder: where it is and what it holds at its top, which decide the class count and whether
@@ -17,7 +17,6 @@ unreadable is a miss: the spec is compiled again, as it would have been without 
 from __future__ import annotations
 
 import contextlib
-import functools
 import hashlib
 import importlib.util
 import json
@@ -26,13 +25,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import __version__
 from .journal import atomic_write_text
-from .paths import grammar_dir, templates_dir, user_cache_dir
+from .paths import compiler_fingerprint, user_cache_dir
 
 # Entries kept; the oldest go first once there are more (each is a script of tens of KB).
 MAX_ENTRIES = 400
-_PACKAGE_DIR = Path(__file__).resolve().parent
 
 
 @dataclass(frozen=True)
@@ -92,26 +89,8 @@ def compile_for_run(path: Path) -> CompiledRun:
     return CompiledRun(script, pipeline, script_cached=compiled is None, check_cached=check_cached)
 
 
-@functools.lru_cache(maxsize=1)
-def fingerprint() -> str:
-    """A hash of everything of ours that decides a script: version, sources, templates,
-    grammar. It covers what ``compiler.fingerprint`` covers and the package's own code as
-    well (a source checkout changes it), without importing the compiler to find out."""
-    digest = hashlib.sha256(__version__.encode())
-    for root, pattern in (
-        (templates_dir(), "*"),
-        (grammar_dir(), "*"),
-        (_PACKAGE_DIR, "*.py"),
-    ):
-        for file in sorted(root.rglob(pattern)):
-            if file.is_file():
-                digest.update(file.relative_to(root).as_posix().encode())
-                digest.update(file.read_bytes())
-    return digest.hexdigest()
-
-
 def _script_key(path: Path, data: bytes) -> str:
-    return _digest("script", str(path), fingerprint(), hashlib.sha256(data).hexdigest())
+    return _digest("script", str(path), compiler_fingerprint(), hashlib.sha256(data).hexdigest())
 
 
 def _digest(*parts: str) -> str:

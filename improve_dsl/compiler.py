@@ -7,16 +7,12 @@ its model builds on the ``meta`` device with the dataset's input shape.
 
 from __future__ import annotations
 
-import functools
-import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import __version__
 from .check import ModelReport, check_model
 from .check import check_data as check_data_shape
 from .ir import Spec
-from .paths import grammar_dir, templates_dir
 from .render import render_script
 from .syntax import SpecAST, parse, read_spec_text
 from .validate import validate
@@ -68,17 +64,3 @@ def compile_spec(
     elif check_data:
         check_data_shape(spec, ast)
     return Compiled(ast, spec, script, report)
-
-
-@functools.lru_cache(maxsize=1)
-def fingerprint() -> str:
-    """A hash of everything besides the spec that decides the script: version, templates,
-    grammar. Two compilations of the same spec text with the same fingerprint give the same
-    script, so a cache keyed by both may skip compiling."""
-    digest = hashlib.sha256(__version__.encode())
-    for root in (templates_dir(), grammar_dir()):
-        for file in sorted(root.rglob("*")):
-            if file.is_file():
-                digest.update(file.relative_to(root).as_posix().encode())
-                digest.update(file.read_bytes())
-    return digest.hexdigest()

@@ -1,4 +1,5 @@
-"""The one place that knows where the grammar and the templates live, and our user cache.
+"""The one place that knows where the grammar and the templates live, and our user cache
+(and so the fingerprint of what decides a compiled script).
 
 In a source checkout they sit at the repository root (``grammar/``, ``templates/``);
 in an installed wheel they are packaged inside ``improve_dsl/`` under the same names.
@@ -6,6 +7,8 @@ in an installed wheel they are packaged inside ``improve_dsl/`` under the same n
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import os
 from pathlib import Path
 
@@ -61,3 +64,19 @@ def compile_cache_env() -> dict[str, str]:
         "TRITON_CACHE_DIR": str(cache / "triton"),
     }
     return {name: value for name, value in wanted.items() if not os.environ.get(name)}
+
+
+@functools.lru_cache(maxsize=1)
+def compiler_fingerprint() -> str:
+    """A hash of everything of ours that decides a compiled script besides the spec: the
+    version, the package's sources, the templates and the grammar. Two compilations of one
+    spec text with one fingerprint give the same script, so caches key by both."""
+    from . import __version__
+
+    digest = hashlib.sha256(__version__.encode())
+    for root, pattern in ((templates_dir(), "*"), (grammar_dir(), "*"), (_PACKAGE_DIR, "*.py")):
+        for file in sorted(root.rglob(pattern)):
+            if file.is_file():
+                digest.update(file.relative_to(root).as_posix().encode())
+                digest.update(file.read_bytes())
+    return digest.hexdigest()

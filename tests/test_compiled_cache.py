@@ -14,7 +14,7 @@ import pytest
 from conftest import improve_env
 from PIL import Image
 
-from improve_dsl import compiled_cache
+from improve_dsl import compiled_cache, paths
 from improve_dsl.compiled_cache import compile_for_run
 from improve_dsl.compiler import compile_spec
 from improve_dsl.diagnostics import DiagnosticError
@@ -91,23 +91,23 @@ def test_changed_templates_change_the_fingerprint(
 ) -> None:
     copy = tmp_path / "templates"
     shutil.copytree(templates_dir(), copy)
-    monkeypatch.setattr(compiled_cache, "templates_dir", lambda: copy)
-    compiled_cache.fingerprint.cache_clear()
+    monkeypatch.setattr(paths, "templates_dir", lambda: copy)
+    paths.compiler_fingerprint.cache_clear()
     try:
-        before = compiled_cache.fingerprint()
+        before = paths.compiler_fingerprint()
         partial = copy / "loss" / "cross_entropy.py.jinja"
         partial.write_text(partial.read_text() + "# changed\n")
-        compiled_cache.fingerprint.cache_clear()
-        assert compiled_cache.fingerprint() != before
+        paths.compiler_fingerprint.cache_clear()
+        assert paths.compiler_fingerprint() != before
     finally:
-        compiled_cache.fingerprint.cache_clear()
+        paths.compiler_fingerprint.cache_clear()
 
 
 def test_a_new_fingerprint_misses(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     spec = tmp_path / "digits.imp"
     spec.write_text(DIGITS)
     compile_for_run(spec)
-    monkeypatch.setattr(compiled_cache, "fingerprint", lambda: "templates of another day")
+    monkeypatch.setattr(compiled_cache, "compiler_fingerprint", lambda: "templates of another day")
     assert not compile_for_run(spec).script_cached
 
 

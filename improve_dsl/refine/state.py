@@ -277,7 +277,8 @@ def compile_script(text: str, path: str, cache: ResultCache | None = None) -> st
 
     With a cache, a spec text compiled before (same compiler fingerprint) is not compiled
     again: a repeated proposal then costs a file read, not a render and a model check."""
-    from ..compiler import compile_spec, fingerprint
+    from ..compiler import compile_spec
+    from ..paths import compiler_fingerprint as fingerprint
 
     if cache is not None:
         known = cache.script(text, path, fingerprint())
