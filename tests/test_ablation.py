@@ -231,3 +231,24 @@ def test_ablate_a_fashion_mnist_refine_and_its_evidence(
     assert [r.iteration for r in rows] == [0, 1]
     assert (rows[1].profile.image_size, rows[1].profile.channels) == (28, 1)
     assert rows[1].edit["fields"]["optimizer.momentum"] == [0.0, 0.9]
+
+
+def test_the_table_marks_a_change_within_the_noise_and_reports_notes(tmp_path: Path) -> None:
+    from improve_dsl.refine.ablation import ABLATION_MD, Ablation, Row, table_text
+
+    rows = [
+        Row(1, "train", "train.recipe", 0.2, 0.15, 0.01, 0.3, 0.02, 0.01, False, 4.0),
+        Row(2, "augment", "augment.cutout", 0.01, 0.002, 0.004, 0.0, 0.01, 0.008, True, 3.0),
+        Row(3, "train", "", 0.05, note="superseded: a later change rewrote every field it set"),
+    ]
+    text = table_text(Ablation("run", [0, 1, 2], "val_accuracy", 0.99, 0.5, rows))
+    lines = text.splitlines()
+    assert "| #1 train.recipe | train | +0.2000 | +0.1500 ± 0.0100 | +0.3000 ± 0.0200 | 4.0 |" in (
+        lines
+    )
+    assert "| #2 augment.cutout | augment | +0.0100 | +0.0020 ± 0.0040 (within noise) |" in text
+    assert "| #3 | train | +0.0500 | — | — | 0.0 |" in lines
+    assert "- #3: superseded: a later change rewrote every field it set" in lines
+    assert any(line.startswith("- within noise: removing it costs less") for line in lines)
+    assert ABLATION_MD == "ablation.md"
+    assert read_ablation(tmp_path) is None  # no ablation yet: the report draws none
