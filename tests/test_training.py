@@ -151,7 +151,7 @@ def test_digits_script_runs_as_a_program(tmp_path: Path) -> None:
     proc = run_program(script, "--out", str(out), "--epochs", "2")
     assert proc.returncode == 0, proc.stderr
     events = [json.loads(line) for line in proc.stdout.splitlines()]  # JSON lines only
-    assert [e["event"] for e in events] == ["start", "epoch", "epoch", "result"]
+    assert [e["event"] for e in events] == ["start", "warmup", "epoch", "epoch", "result"]
     start, result = events[0], events[-1]
     assert start["split"] == "val" and start["device"] == "cpu" and start["params"] > 0
     assert start["train_size"] + start["eval_size"] == 1438  # 1,797 less the 359 test images
