@@ -145,7 +145,7 @@ def request_fork(
         with lock:
             socket.send_fds(control, [message], [theirs.fileno(), out_write, err_write])
         mine.settimeout(timeout)
-        reply = _load(mine.recv(_MAX_MESSAGE))
+        reply = load_message(mine.recv(_MAX_MESSAGE))
         pid = reply.get("pid")
         if not isinstance(pid, int):
             raise ForkServerError(str(reply.get("error") or "the fork server has stopped"))
@@ -201,7 +201,7 @@ class ForkedProcess:
             return
         except OSError:
             data = b""
-        returncode = _load(data).get("returncode")
+        returncode = load_message(data).get("returncode")
         if isinstance(returncode, int):
             self.returncode = returncode
         else:  # the server is gone, and with it the child's exit status: end the child
@@ -211,7 +211,8 @@ class ForkedProcess:
         self._channel.close()
 
 
-def _load(data: bytes) -> dict[str, Any]:
+def load_message(data: bytes) -> dict[str, Any]:
+    """A JSON object sent over a socket, or {} for anything else (an ended peer, garbage)."""
     try:
         value = json.loads(data) if data else {}
     except ValueError:
@@ -277,7 +278,7 @@ def fork_next(
         pid = -1
     if pid == 0:
         _child(
-            _load(message),
+            load_message(message),
             stdout,
             stderr,
             close=[control, channel, *children.values(), *others],

@@ -35,10 +35,10 @@ import threading
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import IO, Any
+from typing import IO
 
 from . import __version__, forkserver
-from .forkserver import PRELOAD, ForkedProcess, ForkServerError
+from .forkserver import PRELOAD, ForkedProcess, ForkServerError, load_message
 from .paths import compile_cache_env, user_cache_dir
 
 # Seconds without a connection or a run after which the server exits (IMPROVE_FORK_SERVER_IDLE).
@@ -224,7 +224,7 @@ class ResidentForkServer:
         if not data:
             self.close()
             raise ForkServerError("the resident fork server has stopped")
-        hello = _load(data)
+        hello = load_message(data)
         pid = hello.get("pid")
         if hello.get("key") != self._key or not isinstance(pid, int):
             self.close()
@@ -269,14 +269,6 @@ def _connect(path: Path) -> socket.socket:
         sock.close()
         raise
     return sock
-
-
-def _load(data: bytes) -> dict[str, Any]:
-    try:
-        value = json.loads(data) if data else {}
-    except ValueError:
-        return {}
-    return value if isinstance(value, dict) else {}
 
 
 # ---------------------------------------------------------------------------- the server
