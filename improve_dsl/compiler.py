@@ -49,7 +49,7 @@ def compile_spec(
     shape, without torch. Parsing, validating and rendering never import torch.
 
     Raises ``DiagnosticError`` for any problem in the spec, located in its source;
-    ``render.RenderError`` only for a defect in improve's own templates.
+    ``code_literals.RenderError`` only for a defect in improve's own templates.
     """
     if text is None:
         if path is None:

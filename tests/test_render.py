@@ -15,9 +15,10 @@ import pytest
 from conftest import ImproveCall
 
 from improve_dsl import cli, registry, render
+from improve_dsl.code_literals import RenderError, literal
 from improve_dsl.compiler import compile_spec
 from improve_dsl.diagnostics import DiagnosticError
-from improve_dsl.render import RenderError, format_code, literal, render_script
+from improve_dsl.render import format_code, render_script
 from improve_dsl.validate import load, load_text
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -237,8 +237,8 @@ def add_compile(verbs: Verbs) -> None:
 
 def cmd_compile(args: argparse.Namespace) -> int:
     """Compile a spec to one standalone training script, written to -o FILE or stdout."""
+    from ..code_literals import RenderError
     from ..compiler import compile_spec
-    from ..render import RenderError
 
     try:
         compiled = compile_spec(
