@@ -40,13 +40,13 @@ def compile_spec(
     *,
     text: str | None = None,
     check_shapes: bool = True,
-    check_data: bool | None = None,
+    check_data: bool = False,
 ) -> Compiled:
     """Parse, validate and render a spec (from ``path``, or ``text`` named ``path``).
 
     ``check_shapes`` builds the model on the meta device (this imports torch, seconds in a
-    fresh process); ``check_data`` (by default: as ``check_shapes``) reads only the dataset's
-    shape, without torch. Parsing, validating and rendering never import torch.
+    fresh process, and reads the dataset's shape first); ``check_data`` alone reads only the
+    dataset's shape, without torch. Parsing, validating and rendering never import torch.
 
     Raises ``DiagnosticError`` for any problem in the spec, located in its source;
     ``code_literals.RenderError`` only for a defect in improve's own templates.
