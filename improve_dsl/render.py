@@ -202,6 +202,7 @@ _IMPORTS = (
     Import("gzip"),
     Import("hashlib"),
     Import("json"),
+    Import("logging"),
     Import("math"),
     Import("os"),
     Import("pickle"),

@@ -46,7 +46,7 @@ FAKE = textwrap.dedent(
 
     EPOCHS, SLEEP, MODEL, GATE = {epochs}, {sleep}, {model}, {gate!r}
     parser = argparse.ArgumentParser()
-    for flag in ("--split", "--device", "--out"):
+    for flag in ("--split", "--device", "--out", "--compile-artifacts"):
         parser.add_argument(flag)
     for flag in ("--seed", "--batch-size", "--threads"):
         parser.add_argument(flag, type=int)
@@ -393,6 +393,39 @@ def test_driver_data_location_reaches_the_worker(
     with make_executor("ray") as executor:
         result = executor.wait(executor.submit(TrainJob(script, tmp_path / "out")))
     assert result.start is not None and result.start["data"] == str(tmp_path / "data")
+
+
+@pytest.mark.slow
+def test_compiled_graphs_travel_to_a_worker_without_the_cache(
+    cluster: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two tasks on workers that share no inductor cache (two cache folders, as on two
+    machines): the first compiles and its artifacts come back to the driver's shelf; the
+    second gets them with its task and compiles nothing afresh."""
+    from improve_dsl.render import render_script
+    from improve_dsl.validate import load_text
+
+    spec = (REPO / "specs" / "digits.imp").read_text(encoding="utf-8")
+    spec = spec.replace("train {", "train {\n  compile = true", 1)
+    script = tmp_path / "train.py"
+    script.write_text(render_script(load_text(spec, "digits.imp")), encoding="utf-8")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "driver"))  # the driver's shelf
+    warmups = []
+    with make_executor("ray") as executor:
+        for machine in ("first", "second"):
+            monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / machine / "inductor"))
+            monkeypatch.setenv("TRITON_CACHE_DIR", str(tmp_path / machine / "triton"))
+            out = tmp_path / machine / "out"
+            job = TrainJob(script, out, device="cpu", threads=1, timeout=600)
+            result = executor.wait(executor.submit(job))
+            assert result.ok, result.reason
+            log = (out / "log").read_text()
+            warmups.append(json.loads(next(ln for ln in log.splitlines() if '"warmup"' in ln)))
+    first, second = warmups
+    assert first["compile_cache_misses"] > 0 and first["compile_cache_hits"] == 0, first
+    assert second["compile_cache_hits"] > 0 and second["compile_cache_misses"] == 0, second
+    shelf = tmp_path / "driver" / "improve" / "compile-artifacts"
+    assert len(list(shelf.glob("*.bin"))) == 1
 
 
 @pytest.mark.slow

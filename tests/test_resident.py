@@ -213,7 +213,7 @@ def test_a_ray_task_gets_the_drivers_compile_caches_when_its_worker_has_none(
     runtime: Path, tmp_path: Path
 ) -> None:
     pytest.importorskip("ray")
-    from improve_dsl.executors.ray_executor import run_on_worker
+    from improve_dsl.executors.ray_worker import run_on_worker
 
     passed = {"TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "shared"), "OTHER": "not passed"}
     reply = run_on_worker("job", "probe.py", PROBE, {}, None, 2**20, None, passed)

@@ -721,3 +721,68 @@ def test_a_second_candidate_compiles_from_the_shared_inductor_cache(
     assert second["compile_cache_hits"] > 0 and second["compile_cache_misses"] == 0, second
     assert second["seconds"] < first["seconds"]
     assert (tmp_path / "cache" / "improve" / "inductor").is_dir()
+
+
+@pytest.mark.slow
+def test_a_machine_without_the_cache_compiles_from_the_artifacts(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two machines that share no inductor cache (two cache folders here): the first compiles
+    and writes its artifacts (--compile-artifacts), the second loads them and compiles
+    nothing afresh, as a Ray worker on another machine does."""
+    from improve_dsl.run import run_script
+
+    script = write_script(tmp_path, spec_text(extra="compile = true"))
+    artifacts = tmp_path / "artifacts"
+    warmups = []
+    for machine in ("first", "second"):
+        monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / machine / "inductor"))
+        monkeypatch.setenv("TRITON_CACHE_DIR", str(tmp_path / machine / "triton"))
+        out = tmp_path / f"run_{machine}"
+        result = run_script(
+            script,
+            out,
+            device="cpu",
+            threads=2,
+            timeout=600,
+            extra_args=("--epochs", "1", "--compile-artifacts", str(artifacts)),
+        )
+        assert result.ok, result.reason
+        log = (out / "log").read_text()
+        warmups.append(json.loads(next(ln for ln in log.splitlines() if '"warmup"' in ln)))
+        if machine == "first":
+            saved = sorted(artifacts.glob("*.bin"))
+            assert len(saved) == 1 and saved[0].stat().st_size > 0
+            # A damaged file beside it (a torn copy, another tool's) is only a warning.
+            damaged = artifacts / ("f" * 32 + ".bin")
+            damaged.write_bytes(b"not an artifact")
+    first, second = warmups
+    assert first["compile_cache_misses"] > 0 and first["compile_cache_hits"] == 0, first
+    assert second["compile_cache_hits"] > 0 and second["compile_cache_misses"] == 0, second
+    assert f"compile artifacts {damaged.name} not loaded" in log
+    # Nothing new compiled, so nothing new written.
+    assert sorted(artifacts.glob("*.bin")) == sorted([*saved, damaged])
+
+
+def test_a_run_that_does_not_compile_leaves_the_artifacts_alone(tmp_path: Path) -> None:
+    script = write_script(tmp_path, spec_text())
+    artifacts = tmp_path / "artifacts"
+    artifacts.mkdir()
+    (artifacts / ("0" * 32 + ".bin")).write_bytes(b"not an artifact")
+    done = subprocess.run(
+        [
+            sys.executable,
+            str(script),
+            "--device",
+            "cpu",
+            "--epochs",
+            "1",
+            "--compile-artifacts",
+            str(artifacts),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    assert [path.name for path in artifacts.iterdir()] == ["0" * 32 + ".bin"]

@@ -16,6 +16,9 @@ The dataset must be readable on every worker: at the same path (a shared filesys
 the worker's own ``$IMPROVE_DATA`` (the driver's value is passed on when the worker has none),
 or fetched by the source itself (``download=true``). See docs/ray.md.
 
+Compiled graphs travel too: a task gets the artifacts of earlier tasks' compiles
+(:mod:`.compile_artifacts`), so a worker on a machine of its own compiles nothing twice.
+
 Ray is optional: it is imported only when this executor is built.
 """
 
@@ -25,23 +28,23 @@ import contextlib
 import logging
 import os
 import socket
-import tempfile
 import uuid
 from collections import deque
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from ..run import RunResult, run_script
+from ..paths import user_cache_dir
+from ..run import RunResult
 from .base import Executor, JobHandle, TrainJob
+from .compile_artifacts import ArtifactShelf
+from .ray_worker import PASSED_ON, EventChannel, WorkerReply, run_on_worker
 
 MISSING_RAY = "--executor ray needs Ray: pip install 'improve-dsl[ray]'"
 
 # Files a run leaves in its out_dir that are shipped back; anything larger stays behind.
 DEFAULT_MODEL_LIMIT = 64 * 2**20
-# The driver's compile caches, passed to workers that set none (a shared folder, say).
-PASSED_ON = ("TORCHINDUCTOR_CACHE_DIR", "TRITON_CACHE_DIR")
 # How often the driver looks for finished tasks and new events (seconds).
 _POLL = 0.2
 # Ray errors that mean the worker (or its node) went away rather than the task failing.
@@ -86,91 +89,6 @@ def import_ray() -> Any:
     except ImportError:
         raise RayUnavailable(MISSING_RAY) from None
     return ray
-
-
-# ---------------------------------------------------------------- the worker side
-
-
-class EventChannel:
-    """A Ray actor (wrapped at run time) that carries epoch events from tasks to the driver.
-
-    Tasks ``put`` each event and learn whether to go on; the driver ``drain``s the events and
-    ``stop``s a job it wants pruned or cancelled.
-    """
-
-    def __init__(self) -> None:
-        self.events: list[tuple[str, dict[str, Any]]] = []
-        self.stopped: set[str] = set()
-
-    def put(self, key: str, event: dict[str, Any]) -> bool:
-        self.events.append((key, event))
-        return key not in self.stopped
-
-    def drain(self) -> list[tuple[str, dict[str, Any]]]:
-        events, self.events = self.events, []
-        return events
-
-    def stop(self, key: str) -> None:
-        self.stopped.add(key)
-
-
-@dataclass(frozen=True)
-class WorkerReply:
-    """What a task sends back: the run's result, the files of its out_dir, where it ran."""
-
-    result: RunResult
-    files: dict[str, bytes]
-    skipped: dict[str, int]  # file name → size in bytes, for files over the limit
-    node: str
-
-
-def run_on_worker(
-    key: str,
-    script_name: str,
-    script_text: str,
-    options: dict[str, Any],
-    channel: Any,
-    model_limit: int,
-    driver_data: str | None,
-    driver_env: dict[str, str] | None = None,
-) -> WorkerReply:
-    """The body of a Ray task: write the script to a temporary folder, train, collect files.
-
-    ``options`` are :func:`run_script`'s keyword arguments (split, device, seed, ...).
-    ``driver_env`` holds the variables of :data:`PASSED_ON` the user set on the driver; a
-    worker that has none of its own gets them. The compile caches otherwise default to the
-    worker's own user cache folder (``run_script`` sets them), shared by its tasks.
-    """
-    ray = import_ray()
-    env: dict[str, str] = {}
-    if driver_data and not os.environ.get("IMPROVE_DATA"):
-        env["IMPROVE_DATA"] = driver_data  # same path on every node (a shared filesystem)
-    for name, value in (driver_env or {}).items():
-        if name in PASSED_ON and value and not os.environ.get(name):
-            env[name] = value
-
-    def on_event(event: dict[str, Any]) -> bool:
-        try:
-            return bool(ray.get(channel.put.remote(key, event)))
-        except Exception:  # a lost channel must not cost the run; only the driver prunes
-            return True
-
-    with tempfile.TemporaryDirectory(prefix="improve-job-") as tmp:
-        script = Path(tmp) / script_name
-        script.write_text(script_text, encoding="utf-8")
-        out_dir = Path(tmp) / "out"
-        result = run_script(script, out_dir, on_event=on_event, extra_env=env, **options)
-        files: dict[str, bytes] = {}
-        skipped: dict[str, int] = {}
-        for path in sorted(out_dir.iterdir()):
-            if not path.is_file():
-                continue
-            size = path.stat().st_size
-            if path.name != "log" and size > model_limit:
-                skipped[path.name] = size
-            else:
-                files[path.name] = path.read_bytes()
-    return WorkerReply(result, files, skipped, socket.gethostname())
 
 
 # ---------------------------------------------------------------- the driver side
@@ -240,6 +158,9 @@ class RayExecutor(Executor):
         self._queued: deque[RayHandle] = deque()
         self._running: dict[Any, RayHandle] = {}  # ObjectRef → handle
         self._cancelled = False
+        cache = user_cache_dir()
+        self._shelf = ArtifactShelf(cache / "compile-artifacts" if cache is not None else None)
+        self._shipped: tuple[int, Any] | None = None  # (shelf version, ObjectRef of its bundle)
 
     def _configure(self, ray: Any, threads: int | None) -> None:
         """Decide what each task asks the cluster for."""
@@ -355,8 +276,15 @@ class RayExecutor(Executor):
                 self.model_limit,
                 os.environ.get("IMPROVE_DATA"),
                 {name: os.environ[name] for name in PASSED_ON if os.environ.get(name)},
+                self._artifacts(),
             )
             self._running[handle.ref] = handle
+
+    def _artifacts(self) -> Any:
+        """The shelf's bundle in Ray's object store, put there once per version of it."""
+        if self._shipped is None or self._shipped[0] != self._shelf.version:
+            self._shipped = (self._shelf.version, import_ray().put(self._shelf.bundle()))
+        return self._shipped[1]
 
     def _step(self) -> None:
         """Wait a moment for any task to end; pass on events; collect; launch queued jobs."""
@@ -404,6 +332,7 @@ class RayExecutor(Executor):
                 (job.out_dir / stale).unlink()
         for name, data in reply.files.items():
             _write_atomic(job.out_dir / name, data)
+        self._shelf.add(reply.artifacts)
         log_path = job.out_dir / "log"
         notes = [f"improve: ran on Ray node {reply.node}"]
         for name, size in reply.skipped.items():

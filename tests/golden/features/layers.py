@@ -13,6 +13,7 @@ Run it:
 
 Flags: --split val|test, --device auto|cpu|cuda[:N], --seed N, --out DIR, --batch-size N,
 --threads N, --epochs N, --warmup-steps N, --cuda-graph auto|on|off,
+--compile-artifacts DIR,
 --data-root DIR.
 
 Standard output carries one JSON object per line and nothing else: a "start" event, a
@@ -25,7 +26,9 @@ Warnings go to standard error.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
+import logging
 import math
 import os
 import sys
@@ -487,6 +490,42 @@ def compile_counts() -> dict[str, int]:
     }
 
 
+def load_compile_artifacts(folder: Path | None) -> None:
+    """Fill the inductor cache from artifacts compiled on other machines (--compile-artifacts),
+    so a machine that shares no cache folder compiles nothing twice. Artifacts of another
+    torch or another device load but never hit."""
+    torch_log = logging.getLogger("torch.compiler._cache")
+    quiet, torch_log.disabled = torch_log.disabled, True  # our one-line warning, not a traceback
+    try:
+        for file in sorted(folder.glob("*.bin")) if folder is not None else ():
+            try:
+                loaded = torch.compiler.load_cache_artifacts(file.read_bytes())
+            except Exception:  # a damaged or foreign file costs a compile, never the run
+                loaded = None
+            if loaded is None:
+                warn(f"compile artifacts {file.name} not loaded: damaged, or not torch's")
+    finally:
+        torch_log.disabled = quiet
+
+
+def save_compile_artifacts(folder: Path | None) -> None:
+    """Write what this run compiled afresh into the artifacts folder, named by its content."""
+    if folder is None or compile_counts()["compile_cache_misses"] == 0:
+        return
+    saved = torch.compiler.save_cache_artifacts()
+    if saved is None:
+        return
+    data = saved[0]
+    path = folder / (hashlib.sha256(data).hexdigest()[:32] + ".bin")
+    partial = path.with_suffix(".partial")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        partial.write_bytes(data)
+        partial.replace(path)  # a reader never sees half a file
+    except OSError as exc:
+        warn(f"compile artifacts not saved in {folder}: {exc.strerror or exc}")
+
+
 def set_learning_rate(optimizer: torch.optim.Optimizer, lr: float) -> None:
     """Every group's rate, before each step. A tensor rate (what a CUDA graph reads) is
     filled in place, which queues a kernel rather than waiting for the device."""
@@ -692,6 +731,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="replay the training step as one CUDA graph (auto: on CUDA, where "
         "the spec allows it; on: try it on any device; off: eager)",
     )
+    parser.add_argument(
+        "--compile-artifacts",
+        type=Path,
+        metavar="DIR",
+        help="load torch.compile's cache artifacts from DIR first and write "
+        "what this run compiles there (for machines sharing no cache folder)",
+    )
     parser.add_argument("--data-root", help="folder of the dataset (overrides the spec's root)")
     return parser.parse_args(argv)
 
@@ -713,6 +759,7 @@ def train(args: argparse.Namespace, history: list[dict[str, Any]]) -> dict[str, 
     total_steps = args.epochs * steps_per_epoch
     forward: Callable[[Tensor], Tensor] = model
     if COMPILE:
+        load_compile_artifacts(args.compile_artifacts)
         forward = cast(Callable[[Tensor], Tensor], torch.compile(model))
     graphed = args.cuda_graph == "on" or (
         args.cuda_graph == "auto" and runtime.device.type == "cuda"
@@ -832,6 +879,8 @@ def train(args: argparse.Namespace, history: list[dict[str, Any]]) -> dict[str, 
         "images_per_second": images_seen / max(train_seconds, 1e-9),
         "warmup_seconds": warmup_seconds,
     }
+    if forward is not model:
+        save_compile_artifacts(args.compile_artifacts)
     if args.out is not None:
         state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
         args.out.mkdir(parents=True, exist_ok=True)
