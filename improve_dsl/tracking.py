@@ -31,7 +31,7 @@ from . import registry
 from .fmt import literal
 from .ir import Op, Spec
 from .journal import Record
-from .refine.live import Reporter, RunInfo, Summary
+from .refine.reporting import Reporter, RunInfo, Summary
 
 RUN_DIR_TAG = "improve.run_dir"
 ITERATION_TAG = "improve.iteration"

@@ -16,9 +16,9 @@ from conftest import ImproveCall, improve_env, run_improve
 
 from improve_dsl.journal import RunDir
 from improve_dsl.refine.ablation import ABLATION_JSON, accepted_changes, leave_out, read_ablation
-from improve_dsl.refine.live import NullReporter
 from improve_dsl.refine.loop import refine
 from improve_dsl.refine.options import RefineOptions
+from improve_dsl.refine.reporting import NullReporter
 
 ROOT = Path(__file__).resolve().parent.parent
 DIGITS = (ROOT / "specs" / "digits.imp").read_text()

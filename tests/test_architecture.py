@@ -68,3 +68,66 @@ def test_every_import_goes_to_an_earlier_layer() -> None:
             if layers[other] >= layers[own]:
                 wrong.append(f"{module} (layer {layers[own]}) imports {target} ({layers[other]})")
     assert wrong == []
+
+
+# ---------------------------------------------------------------- who may see the loop's view
+
+VIEW = "refine.live"  # the terminal view of `improve refine`
+TRACKING_SIDE = ("tracking", "report")  # they read runs and hear the loop through its contract
+
+
+def _modules() -> dict[str, Path]:
+    """``dotted module name -> file`` for every module of the package (a package by its
+    ``__init__.py``)."""
+    found = {}
+    for path in PACKAGE.rglob("*.py"):
+        parts = path.relative_to(PACKAGE).with_suffix("").parts
+        name = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+        found[name] = path
+    return found
+
+
+def _loads(path: Path, modules: dict[str, Path]) -> set[str]:
+    """The package's modules that ``path`` imports, anywhere in it (under ``TYPE_CHECKING``
+    and inside functions too): ``from .x import y`` names ``x``, and ``x.y`` where that is a
+    module."""
+    found = set(_imports(path))
+    parts = list(path.relative_to(PACKAGE).with_suffix("").parts)
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.ImportFrom) and node.level and node.module:
+            base = parts[:-1][: len(parts) - node.level]
+            found.update(".".join([*base, node.module, a.name]) for a in node.names)
+    return {name for name in found if name in modules}
+
+
+def _reached(start: str, modules: dict[str, Path]) -> set[str]:
+    """Every module of the package that importing ``start`` loads, following relative imports
+    (a module also loads the ``__init__`` of each package above it)."""
+    seen: set[str] = set()
+    todo = [start]
+    while todo:
+        name = todo.pop()
+        if name in seen or name not in modules:
+            continue
+        seen.add(name)
+        parts = name.split(".")
+        todo += [".".join(parts[:i]) for i in range(1, len(parts))]
+        todo += _loads(modules[name], modules)
+    return seen
+
+
+def _view_reachers(sources: tuple[str, ...]) -> list[str]:
+    modules = _modules()
+    starts = [m for m in modules if m.split(".")[0] in sources]
+    return sorted(m for m in starts if VIEW in _reached(m, modules))
+
+
+def test_the_tracking_side_does_not_import_the_loops_view() -> None:
+    # The Reporter contract lives in refine/reporting.py; MLflow and the report implement
+    # or read it without loading rich's live view.
+    assert _view_reachers(TRACKING_SIDE) == []
+
+
+def test_the_view_check_sees_an_import_of_the_view() -> None:
+    # The check can fail: the command line does load the view, directly and through refine/.
+    assert "cli.refining" in _view_reachers(("cli",))

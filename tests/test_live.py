@@ -9,7 +9,8 @@ import re
 from rich.console import Console
 
 from improve_dsl.journal import Record
-from improve_dsl.refine.live import PlainReporter, RichReporter, RunInfo, Summary
+from improve_dsl.refine.live import PlainReporter, RichReporter
+from improve_dsl.refine.reporting import RunInfo, Summary
 
 INFO = RunInfo(
     spec_path="digits.imp",

@@ -17,9 +17,9 @@ from fake_executor import FakeExecutor, Outcome, by_text, split_of
 from improve_dsl import diff, validate
 from improve_dsl.executors import TrainJob
 from improve_dsl.journal import RECORD_FIELDS, RunDir
-from improve_dsl.refine.live import NullReporter
 from improve_dsl.refine.loop import refine
 from improve_dsl.refine.options import RefineInterrupted, RefineOptions
+from improve_dsl.refine.reporting import NullReporter
 
 ROOT = Path(__file__).resolve().parent.parent
 DIGITS = (ROOT / "specs" / "digits.imp").read_text()

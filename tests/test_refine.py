@@ -17,9 +17,9 @@ from conftest import ImproveCall, run_improve
 
 from improve_dsl import diff, validate
 from improve_dsl.journal import RECORD_FIELDS, RunDir
-from improve_dsl.refine.live import NullReporter
 from improve_dsl.refine.loop import refine
 from improve_dsl.refine.options import RefineOptions, RefineResult
+from improve_dsl.refine.reporting import NullReporter
 
 ROOT = Path(__file__).resolve().parent.parent
 DIGITS = (ROOT / "specs" / "digits.imp").read_text()

@@ -11,7 +11,7 @@ from . import common
 from .common import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, UsageError, Verbs, err
 
 if TYPE_CHECKING:
-    from ..refine.live import Reporter
+    from ..refine.reporting import Reporter
 
 REFINE_DESCRIPTION = """\
 Improve SPEC by Iterative Refinement. First the spec as it is is trained and scored on

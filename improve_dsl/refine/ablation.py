@@ -32,8 +32,8 @@ from ..executors import Executor
 from ..journal import ResultCache, RunDir, atomic_write_json, atomic_write_text, runs_root
 from . import edit
 from .heuristic import apply_changes
-from .live import NullReporter, Reporter
 from .memory import move_identity
+from .reporting import NullReporter, Reporter
 from .state import Candidate, Incumbent, compile_script
 
 ABLATION_JSON = "ablation.json"

@@ -12,8 +12,7 @@ import sys
 import threading
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import IO, Any, Protocol
+from typing import IO, Any
 
 from rich.console import Console, Group
 from rich.live import Live
@@ -23,6 +22,7 @@ from rich.text import Text
 
 from ..display import clip_words, fmt_delta, fmt_metric, fmt_seconds, plural
 from ..journal import Record
+from .reporting import NullReporter, Reporter, RunInfo, Summary
 
 STATUS_STYLES = {
     "accepted": "bold green",
@@ -32,59 +32,6 @@ STATUS_STYLES = {
     "pruned": "dim yellow",
     "cached": "cyan",
 }
-
-
-@dataclass(frozen=True)
-class RunInfo:
-    """What the view says about the run as it starts."""
-
-    spec_path: str
-    run_dir: str
-    expert: str
-    metric_name: str
-    iters: int
-    selector: str
-    strategy: str
-    seeds: int
-    parallel: int
-    resumed: bool = False
-
-
-@dataclass(frozen=True)
-class Summary:
-    """The end of a run, as shown to the user."""
-
-    metric_name: str
-    start_metric: float | None
-    best_metric: float | None
-    best_iteration: int
-    test_metric_name: str | None
-    test_metric: float | None
-    counts: dict[str, int]
-    stopped: str
-    best_spec: str
-    spec_path: str
-    spec_updated: bool
-    user_modified: bool
-    run_dir: str
-
-
-class Reporter(Protocol):
-    """Receives the loop's events; called from the loop's thread and from job threads."""
-
-    def run_started(self, info: RunInfo, records: Sequence[Record]) -> None: ...
-
-    def attempt_started(self, iteration: int, block: str, expert: str, note: str) -> None: ...
-
-    def progress(self, iteration: int, seed: int | None, event: dict[str, Any]) -> None: ...
-
-    def attempt_finished(self, record: Record) -> None: ...
-
-    def message(self, text: str) -> None: ...
-
-    def finished(self, summary: Summary) -> None: ...
-
-    def close(self) -> None: ...
 
 
 def describe_record(record: Record) -> str:
@@ -149,31 +96,6 @@ def summary_lines(summary: Summary) -> list[str]:
         lines.append(f"{summary.spec_path} is unchanged (no improvement); run: {summary.run_dir}")
     lines.append(f"the whole run, with plots and each change: improve report {summary.run_dir}")
     return lines
-
-
-class NullReporter:
-    """Says nothing (library use, tests)."""
-
-    def run_started(self, info: RunInfo, records: Sequence[Record]) -> None:
-        pass
-
-    def attempt_started(self, iteration: int, block: str, expert: str, note: str) -> None:
-        pass
-
-    def progress(self, iteration: int, seed: int | None, event: dict[str, Any]) -> None:
-        pass
-
-    def attempt_finished(self, record: Record) -> None:
-        pass
-
-    def message(self, text: str) -> None:
-        pass
-
-    def finished(self, summary: Summary) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
 
 
 class PlainReporter:

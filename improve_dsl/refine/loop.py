@@ -35,11 +35,11 @@ from ..executors import Executor, make_executor
 from ..journal import BASELINE, Record, ResultCache, runs_root, sha256_text
 from .decide import Verdict, decide
 from .expert import Attempt, ExpertError
-from .live import NullReporter, Reporter, RunInfo
 from .memory import Memory
 from .options import RefineInterrupted, RefineOptions, RefineResult
 from .proposing import Budget, Proposer
 from .publishing import Publisher
+from .reporting import NullReporter, Reporter, RunInfo
 from .resuming import Session, rebuild_incumbent, resume, start
 from .select import Choice
 from .state import Candidate, Incumbent, compile_script, mean_or_none

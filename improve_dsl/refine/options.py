@@ -16,7 +16,7 @@ from ..journal import (
 )
 from .constraint import GRAMMAR_CHOICES
 from .expert import Expert, ExpertError
-from .live import Summary
+from .reporting import Summary
 from .select import SELECTORS
 
 STRATEGIES = ("iterative", "all-at-once")

@@ -19,8 +19,8 @@ from ..diagnostics import DiagnosticError
 from ..journal import ResultCache
 from . import edit
 from .expert import Attempt, Context, Expert, ExpertError, NoMoreMoves, Proposal
-from .live import Reporter
 from .memory import Priors
+from .reporting import Reporter
 from .select import Choice, choose_block
 from .state import Candidate, Incumbent, compile_script
 

@@ -15,7 +15,7 @@ from ..diagnostics import DiagnosticError
 from ..journal import Record, RunDir, atomic_write_text, sha256_text
 from ..syntax import read_spec_text
 from .gitlog import git_commit
-from .live import Reporter
+from .reporting import Reporter
 
 
 class Publisher:

@@ -21,8 +21,8 @@ from ..journal import JournalError, Record, RunDir, new_run_id, runs_root, sha25
 from ..syntax import read_spec_text
 from .expert import Expert
 from .gitlog import GitError, git_root, uncommitted_change
-from .live import Reporter
 from .options import RefineError, RefineOptions, make_expert
+from .reporting import Reporter
 from .state import Incumbent
 
 STATE_VERSION = 1

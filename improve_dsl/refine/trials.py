@@ -21,7 +21,7 @@ from ..executors import Executor, JobHandle, TrainJob
 from ..journal import ResultCache, RunDir, atomic_write_json, atomic_write_text, sha256_text
 from ..run import RunResult
 from .decide import should_prune
-from .live import Reporter
+from .reporting import Reporter
 from .state import Candidate, Incumbent, SeedRun, compile_script
 
 
