@@ -27,9 +27,28 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-# How an attempt ended: the one list of statuses (the report, the live view and the experts
-# read it from here). Only "accepted" changes the incumbent.
-STATUSES = ("accepted", "rejected", "invalid", "failed", "pruned", "cached")
+
+@dataclass(frozen=True)
+class Status:
+    """One way an attempt can end, and how it is shown wherever attempts are listed."""
+
+    name: str
+    colour: str  # in the report's plot and page (hex), so a point and its row match
+    style: str  # in the terminal view (a rich style)
+
+
+# How an attempt ended: the one table of statuses and their colours (the report, the live
+# view, tracking and the experts read it from here). Only "accepted" changes the incumbent.
+ATTEMPT_STATUSES = (
+    Status("accepted", "#1a7f37", "bold green"),  # kept: the new incumbent
+    Status("rejected", "#6e7781", "yellow"),  # scored, not kept
+    Status("invalid", "#9a6700", "magenta"),  # the reply could not be used: never trained
+    Status("failed", "#cf222e", "red"),  # training broke (error, timeout, NaN, out of memory)
+    Status("pruned", "#bc4c00", "dim yellow"),  # stopped early, clearly lost
+    Status("cached", "#0969da", "cyan"),  # scored from the results cache, not kept
+)
+STATUSES = tuple(s.name for s in ATTEMPT_STATUSES)
+STATUS_COLOURS = {s.name: s.colour for s in ATTEMPT_STATUSES}
 NOT_ACCEPTED = tuple(s for s in STATUSES if s != "accepted")
 # Not a journal status: how an expert sees a candidate of the current round still training.
 PENDING = "pending"

@@ -37,7 +37,15 @@ RUN_DIR_TAG = "improve.run_dir"
 ITERATION_TAG = "improve.iteration"
 TAG_LIMIT = 5000  # MLflow keeps tag values up to 8,000 characters
 PARAM_LIMIT = 6000
-_STATUS = {"failed": "FAILED", "invalid": "FAILED", "pruned": "KILLED"}  # others: FINISHED
+# The MLflow run status of an attempt's nested run, for each attempt status.
+MLFLOW_STATUS = {
+    "accepted": "FINISHED",
+    "rejected": "FINISHED",
+    "invalid": "FAILED",
+    "failed": "FAILED",
+    "pruned": "KILLED",
+    "cached": "FINISHED",
+}
 
 
 class TrackingUnavailable(Exception):
@@ -333,7 +341,7 @@ class MlflowReporter:
         tags = {k: v for k, v in tags.items() if v}
         tracker.log(child, params=params, tags=tags, metrics=metrics)
         tracker.artifacts(child, [spec_file, folder / "train.py"])
-        tracker.end(child, _STATUS.get(record.status, "FINISHED"))
+        tracker.end(child, MLFLOW_STATUS[record.status])
         self.logged.add(record.iteration)
         self._best(record)
         on_parent = []

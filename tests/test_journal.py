@@ -150,3 +150,20 @@ def test_records_with_wrong_types_are_skipped_with_a_note(tmp_path: Path) -> Non
         "line 5 of journal.jsonl is not a record (no block) and was skipped",
         "line 6 of journal.jsonl is not a record (not a JSON object) and was skipped",
     ]
+
+
+def test_the_view_the_plot_and_tracking_show_exactly_the_declared_statuses() -> None:
+    from improve_dsl import journal, tracking
+    from improve_dsl.refine import live
+    from improve_dsl.report import plot
+
+    declared = set(journal.STATUSES)
+    assert len(declared) == len(journal.ATTEMPT_STATUSES)
+    assert set(live.STATUS_STYLES) == declared
+    assert set(live.REASON_SHOWN) < declared
+    assert set(plot.KIND_COLOURS) == declared | {journal.BASELINE}
+    assert set(tracking.MLFLOW_STATUS) == declared
+    # One colour each, and distinct: a point in the plot says which status it is.
+    colours = [s.colour for s in journal.ATTEMPT_STATUSES]
+    assert len(set(colours)) == len(colours)
+    assert all(plot.KIND_COLOURS[s.name] == s.colour for s in journal.ATTEMPT_STATUSES)

@@ -21,17 +21,12 @@ from rich.table import Table
 from rich.text import Text
 
 from ..display import clip_words, fmt_delta, fmt_metric, fmt_seconds, plural
-from ..journal import Record
+from ..journal import ATTEMPT_STATUSES, Record
 from .reporting import NullReporter, Reporter, RunInfo, Summary
 
-STATUS_STYLES = {
-    "accepted": "bold green",
-    "rejected": "yellow",
-    "invalid": "magenta",
-    "failed": "red",
-    "pruned": "dim yellow",
-    "cached": "cyan",
-}
+STATUS_STYLES = {s.name: s.style for s in ATTEMPT_STATUSES}
+# The statuses whose recorded reason is shown in place of the rationale: why it was not kept.
+REASON_SHOWN = ("rejected", "invalid", "failed", "pruned")
 
 
 def describe_record(record: Record) -> str:
@@ -41,7 +36,7 @@ def describe_record(record: Record) -> str:
     delta = fmt_delta(record.metric, record.incumbent_metric)
     line = f"{head} {score}" + (f" ({delta})" if delta else "")
     reason = record.extras.get("reason")
-    if reason and record.status in ("failed", "pruned", "invalid", "rejected"):
+    if reason and record.status in REASON_SHOWN:
         line += f": {str(reason).splitlines()[0]}"
     elif record.rationale:
         line += f" — {clip_words(record.rationale, 160)}"
@@ -193,16 +188,12 @@ class RichReporter:
         for column in ("#", "block", "status", "metric", "Δ", "rationale / reason"):
             table.add_column(column, overflow="fold" if column.startswith("rat") else "ellipsis")
         for record in self.records[-12:]:
-            reason = (
-                record.extras.get("reason")
-                if record.status in ("failed", "pruned", "invalid", "rejected")
-                else None
-            )
+            reason = record.extras.get("reason") if record.status in REASON_SHOWN else None
             note = str(reason or record.rationale or "").splitlines()[0:1]
             table.add_row(
                 str(record.iteration),
                 record.block,
-                Text(record.status, style=STATUS_STYLES.get(record.status, "")),
+                Text(record.status, style=STATUS_STYLES[record.status]),
                 fmt_metric(record.metric),
                 fmt_delta(record.metric, record.incumbent_metric),
                 clip_words(note[0], 90) if note else "",

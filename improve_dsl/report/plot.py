@@ -5,19 +5,12 @@ from __future__ import annotations
 import io
 from typing import TYPE_CHECKING
 
-from ..journal import BASELINE
+from ..journal import BASELINE, STATUS_COLOURS
 from .reading import KINDS, RunReport
 
-# One colour per kind of row, shared by the plot and the page so a point and its row match.
-KIND_COLOURS = {
-    BASELINE: "#24292f",
-    "accepted": "#1a7f37",
-    "rejected": "#6e7781",
-    "invalid": "#9a6700",
-    "failed": "#cf222e",
-    "pruned": "#bc4c00",
-    "cached": "#0969da",
-}
+# One colour per kind of row, shared by the plot and the page so a point and its row match:
+# the baseline's, then each status's as the journal declares it.
+KIND_COLOURS = {BASELINE: "#24292f", **STATUS_COLOURS}
 OTHER_COLOUR = "#8250df"
 _MARKERS = {"accepted": ("*", 230), BASELINE: ("s", 70), "cached": ("D", 50)}
 FIG_INCHES, FIG_DPI = (9.6, 4.4), 110
