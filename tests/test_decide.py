@@ -1,4 +1,4 @@
-"""The keep-or-revert rule and the prune rule, as tables: no training."""
+"""The keep-or-revert rule, a round's outcomes and the prune rule, as tables: no training."""
 
 from __future__ import annotations
 
@@ -7,9 +7,13 @@ import math
 import pytest
 
 from improve_dsl.refine.decide import (
+    Contender,
     Measurement,
+    SeedResult,
     decide,
+    decide_round,
     estimate_noise,
+    last_score,
     required_margin,
     should_prune,
     swing,
@@ -154,3 +158,145 @@ def test_should_prune(event: dict[str, object], peak_lr: float, prune: bool, why
 def test_no_pruning_without_an_incumbent_curve() -> None:
     assert not should_prune(epoch(3, 4, 0.0, lr=0.0), 0.1, None, "val_accuracy", 0.1)
     assert not should_prune(epoch(3, 4, 0.0, lr=0.0), 0.1, m(0.9), "val_accuracy", 0.1)
+
+
+# ---------------------------------------------------------------- a round's outcomes
+
+
+def ok(metric: float, cached: bool = False) -> SeedResult:
+    return SeedResult("ok", metric, cached, last=metric)
+
+
+def stopped(status: str, last: float | None = None) -> SeedResult:
+    return SeedResult(status, None, last=last)
+
+
+def entrant(iteration: int, *runs: SeedResult) -> Contender:
+    """A trained candidate; measured as the loop measures it, from its seeds that scored."""
+    scores = tuple(r.metric for r in runs if r.status == "ok" and r.metric is not None)
+    measured = m(sum(scores) / len(scores), metrics=scores) if scores else None
+    return Contender(iteration, tuple(runs), measured)
+
+
+NEVER_TRAINED = Contender(1, None)
+ROUND_INCUMBENT = m(0.9, eval_size=3000, curve=FLAT)  # a margin of about 0.0055
+
+
+@pytest.mark.parametrize(
+    ("contenders", "incumbent", "expected", "why"),
+    [
+        ([entrant(1, ok(0.95))], ROUND_INCUMBENT, [("accepted", 0.95, None)], "better: kept"),
+        ([entrant(1, ok(0.902))], ROUND_INCUMBENT, [("rejected", 0.902, None)], "in the noise"),
+        (
+            [entrant(1, ok(0.902, cached=True))],
+            ROUND_INCUMBENT,
+            [("cached", 0.902, None)],
+            "a repeat from the cache, not kept",
+        ),
+        (
+            [entrant(1, ok(0.95, cached=True))],
+            ROUND_INCUMBENT,
+            [("accepted", 0.95, None)],
+            "a repeat from the cache that is better is kept all the same",
+        ),
+        (
+            [entrant(1, ok(0.93)), entrant(2, ok(0.95))],
+            ROUND_INCUMBENT,
+            [("rejected", 0.93, 2), ("accepted", 0.95, None)],
+            "two beat the incumbent: the better is kept, the other outranked by it",
+        ),
+        (
+            [entrant(1, ok(0.95)), entrant(2, ok(0.95))],
+            ROUND_INCUMBENT,
+            [("accepted", 0.95, None), ("rejected", 0.95, 1)],
+            "a tie goes to the earlier",
+        ),
+        (
+            [entrant(1, ok(0.93, cached=True)), entrant(2, ok(0.95)), entrant(3, ok(0.9))],
+            ROUND_INCUMBENT,
+            [("cached", 0.93, 2), ("accepted", 0.95, None), ("rejected", 0.9, None)],
+            "an outranked repeat stays cached; a loser is not outranked",
+        ),
+        ([NEVER_TRAINED], ROUND_INCUMBENT, [("invalid", None, None)], "never trained"),
+        (
+            [entrant(1, stopped("pruned", 0.5), stopped("pruned", 0.6))],
+            ROUND_INCUMBENT,
+            [("pruned", pytest.approx(0.55), None)],
+            "pruned: recorded where its seeds stopped",
+        ),
+        (
+            [entrant(1, ok(0.9), stopped("pruned", 0.5), stopped("interrupted"))],
+            ROUND_INCUMBENT,
+            [("pruned", pytest.approx(0.7), None)],
+            "one seed pruned, none broken: pruned",
+        ),
+        (
+            [entrant(1, ok(0.95), stopped("nan"))],
+            ROUND_INCUMBENT,
+            [("failed", 0.95, None)],
+            "a seed broke: failed, with the scores of the seeds that finished",
+        ),
+        (
+            [entrant(1, stopped("pruned", 0.5), stopped("oom"))],
+            ROUND_INCUMBENT,
+            [("failed", None, None)],
+            "pruned beside a broken seed: failed",
+        ),
+        ([entrant(1, stopped("timeout"))], ROUND_INCUMBENT, [("failed", None, None)], "timeout"),
+        ([entrant(1)], ROUND_INCUMBENT, [("failed", None, None)], "no run at all"),
+        (
+            [entrant(1, ok(0.3)), entrant(2, ok(0.4))],
+            None,
+            [("rejected", 0.3, 2), ("accepted", 0.4, None)],
+            "no incumbent yet: the best score of the round is kept",
+        ),
+        (
+            [
+                NEVER_TRAINED,
+                entrant(2, stopped("failed")),
+                entrant(3, ok(0.8)),
+                entrant(4, ok(0.96)),
+            ],
+            ROUND_INCUMBENT,
+            [
+                ("invalid", None, None),
+                ("failed", None, None),
+                ("rejected", 0.8, None),
+                ("accepted", 0.96, None),
+            ],
+            "a mixed round",
+        ),
+    ],
+)
+def test_decide_round(
+    contenders: list[Contender],
+    incumbent: Measurement | None,
+    expected: list[tuple[str, float | None, int | None]],
+    why: str,
+) -> None:
+    decision = decide_round(contenders, incumbent)
+    got = [(o.status, o.metric, o.outranked_by) for o in decision.outcomes]
+    assert got == expected, why
+    assert [o.iteration for o in decision.outcomes] == [c.iteration for c in contenders]
+    accepted = [o.iteration for o in decision.outcomes if o.status == "accepted"]
+    assert decision.kept == (accepted[0] if accepted else None)
+    for contender, outcome in zip(contenders, decision.outcomes, strict=True):
+        # Every candidate whose seeds all scored is judged by the keep rule, and says how.
+        scored = outcome.status in ("accepted", "rejected", "cached")
+        assert (outcome.verdict is not None) is scored, why
+        if outcome.verdict is not None:
+            assert contender.measured is not None
+            assert outcome.verdict == decide(contender.measured, incumbent)
+
+
+def test_a_round_is_judged_with_min_delta() -> None:
+    round_ = [entrant(1, ok(0.95))]
+    assert decide_round(round_, ROUND_INCUMBENT, 0.0).kept == 1
+    assert decide_round(round_, ROUND_INCUMBENT, 0.1).kept is None
+
+
+def test_last_score_reads_the_last_event() -> None:
+    history = [{"epoch": 1, "val_accuracy": 0.5}, {"epoch": 2, "val_accuracy": 0.6}]
+    assert last_score(history, "val_accuracy") == 0.6
+    assert last_score([*history, {"event": "result"}], "val_accuracy") is None
+    assert last_score([], "val_accuracy") is None

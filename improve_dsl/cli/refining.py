@@ -4,24 +4,28 @@
 from __future__ import annotations
 
 import argparse
+import textwrap
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from ..refine.decide import KEEP_RULE
 from . import common
 from .common import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, UsageError, Verbs, err
 
 if TYPE_CHECKING:
     from ..refine.reporting import Reporter
 
-REFINE_DESCRIPTION = """\
+REFINE_DESCRIPTION = f"""\
 Improve SPEC by Iterative Refinement. First the spec as it is is trained and scored on
 the validation split (iteration 0). Then, each iteration, a block is selected, an expert
 rewrites that block only, the rewrite is checked (one block, locked fields untouched,
 validation and shape checks; refused replies go back to the expert up to 3 times), trained
-on the validation split, and kept only if it beats the best spec so far. A kept change is
-written back to SPEC atomically (never over your own edits: then the best spec stays in the
-run directory as best.imp). At the end the best spec is scored once on the test split, which
-refinement never sees.
+on the validation split, and kept only if it beats the best spec so far (the incumbent)
+by the rule below. A kept change is written back to SPEC atomically (never over your own
+edits: then the best spec stays in the run directory as best.imp). At the end the best spec
+is scored once on the test split, which refinement never sees.
+
+{textwrap.fill(KEEP_RULE, 88, break_on_hyphens=False)}
 
 Everything is recorded in SPEC's stem + .improve/RUN-ID/: start.imp, journal.jsonl (one
 record per attempt), candidates/N/ (spec, script, log, metrics), best.imp, final.json.

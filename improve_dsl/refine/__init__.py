@@ -1,1 +1,2 @@
-"""Iterative Refinement: pick a block, propose a rewrite, check, train, keep it if better."""
+"""Iterative Refinement: pick a block, propose a rewrite, check, train, keep it if better
+by the keep rule (``decide.KEEP_RULE``, its one statement)."""

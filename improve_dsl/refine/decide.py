@@ -1,5 +1,10 @@
 """Keep or revert, and prune or go on: pure functions of measurements and options.
 
+The keep rule is ``KEEP_RULE`` below, its one statement: the README and docs/architecture.md
+quote it word for word (a test checks), ``improve refine --help`` prints it, and the loop
+refers to it. ``decide`` applies it to one candidate; ``decide_round`` decides a whole round:
+how each candidate ended (its journal status and score) and which one, if any, is kept.
+
 A validation score is a noisy measurement. Two sources are estimated from what a run
 already reports, with no extra training:
 
@@ -10,12 +15,11 @@ already reports, with no extra training:
   learning rate has annealed and large for a constant rate); with several seeds, their
   spread (the standard error of their mean) takes its place.
 
-They add in quadrature. A change is kept only when it beats the incumbent by more than
-``Z`` times that noise, or by ``min_delta`` if the user asked for more; a change that makes
-every later run costlier must clear a margin raised by ``COST_WEIGHT`` per doubling of the
-cost. A change that scores no lower and makes every later run at most ``CHEAPER`` as long is
-kept too (the same score for half the seconds is progress; measured seconds of short runs
-swing by a third, so a smaller saving is not trusted).
+They add in quadrature. The margin a gain must clear is ``Z`` times that noise, or
+``min_delta`` if the user asked for more, raised by ``COST_WEIGHT`` per doubling of the
+cost; a no-worse change is kept when its runs take at most ``CHEAPER`` of the time (the same
+score for half the seconds is progress; measured seconds of short runs swing by a third, so
+a smaller saving is not trusted).
 
 A run is pruned only when it is clearly lost: its learning rate has annealed (or most of its
 epochs are done) and it is several noise widths below the incumbent's final score,
@@ -41,6 +45,20 @@ SWING_WIDTHS = 5.0  # swings of the incumbent a still-learning run may trail at 
 ANNEALED = 0.05  # a learning rate below this share of its peak has annealed (one-cycle and
 # cosine schedules still gain points until their rate is a few per cent of the peak)
 LATE = 0.9  # the share of epochs after which a run with an unannealed rate is judged anyway
+
+# The keep rule, as a user reads it (the README, docs/architecture.md and `improve refine
+# --help` show this text; its numbers come from the constants above).
+KEEP_RULE = (
+    "A change is kept only if it beats the incumbent by more than "
+    + ("" if Z == 1 else f"{Z:g} times ")
+    + "the noise of the measurement (the validation split's binomial standard error and the "
+    "incumbent's epoch-to-epoch swing, or with several seeds the standard error of their "
+    "mean, added in quadrature) and by more than --min-delta; the margin grows by "
+    f"{COST_WEIGHT:.0%} for each doubling of the time every later run takes. A change that "
+    f"scores no lower and makes runs take at most {CHEAPER:.0%} of the time is kept too. Of "
+    "the candidates of a round that would be kept, only the best scoring one is; the "
+    "others are recorded as outranked by it."
+)
 
 
 @dataclass(frozen=True)
@@ -188,3 +206,117 @@ def should_prune(
     return epoch >= max(2, math.ceil(total / 2)) and gap > max(
         prune_margin, SWING_WIDTHS * swing(incumbent.curve)
     )
+
+
+# ---------------------------------------------------------------- a round's outcome
+
+# The run statuses (``run.RunStatus``) of a seed whose run broke: its candidate failed.
+BROKEN = ("failed", "timeout", "nan", "oom")
+
+
+@dataclass(frozen=True)
+class SeedResult:
+    """One seed's run of a candidate, as deciding its round reads it."""
+
+    status: str  # a ``run.RunStatus``: ok, pruned, failed, timeout, nan, oom, interrupted
+    metric: float | None = None  # its final score (status ok)
+    cached: bool = False  # read back from the results cache, not trained now
+    last: float | None = None  # its score at its last epoch: where a pruned run stopped
+
+
+@dataclass(frozen=True)
+class Contender:
+    """One candidate of a round: its seeds' runs, or None when its proposal was invalid (it
+    was never trained), and what ``decide`` reads of its finished seeds."""
+
+    iteration: int
+    runs: tuple[SeedResult, ...] | None
+    measured: Measurement | None = None
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """How one candidate of a round ended: its journal status, the score it is recorded with,
+    and why (the verdict that judged it, the sibling that outranked it)."""
+
+    iteration: int
+    status: str  # a journal status (``journal.STATUSES``)
+    metric: float | None  # the mean over its scored seeds; pruned: over where each stopped
+    verdict: Verdict | None = None  # every candidate whose seeds all scored has one
+    outranked_by: int | None = None  # it beat the incumbent, but this sibling did better
+
+
+@dataclass(frozen=True)
+class RoundDecision:
+    """The outcome of every candidate of a round, in the round's order."""
+
+    outcomes: tuple[Outcome, ...]
+
+    @property
+    def kept(self) -> int | None:
+        """The iteration that becomes the incumbent (None: the incumbent stays)."""
+        return next((o.iteration for o in self.outcomes if o.status == "accepted"), None)
+
+
+def last_score(history: Sequence[Mapping[str, Any]], metric_key: str) -> float | None:
+    """The score in a run's last event (None when it has none)."""
+    value = history[-1].get(metric_key) if history else None
+    return float(value) if isinstance(value, (int, float)) else None
+
+
+def decide_round(
+    contenders: Sequence[Contender], incumbent: Measurement | None, min_delta: float = 0.0
+) -> RoundDecision:
+    """How each candidate of a round ended, and which one is kept.
+
+    A candidate is invalid when it was never trained; scored when every seed finished with a
+    score; pruned when a seed was pruned and none broke (``BROKEN``); failed otherwise. Of
+    the scored candidates that ``decide`` would keep, the one with the highest mean score is
+    accepted (the earliest on a tie) and the others are marked as outranked by it. A scored
+    candidate not accepted is cached when all its seeds came from the results cache, else
+    rejected.
+    """
+    ended = [_ended(c) for c in contenders]
+    verdicts: dict[int, Verdict] = {}
+    scores: dict[int, float] = {}
+    for index, (contender, (kind, metric)) in enumerate(zip(contenders, ended, strict=True)):
+        if kind == "scored" and metric is not None:
+            assert contender.measured is not None, contender
+            verdicts[index] = decide(contender.measured, incumbent, min_delta)
+            scores[index] = metric
+    winners = [index for index, verdict in verdicts.items() if verdict.keep]
+    best = max(winners, key=scores.__getitem__) if winners else None
+    outcomes = []
+    for index, (contender, (kind, metric)) in enumerate(zip(contenders, ended, strict=True)):
+        status, outranked_by = kind, None
+        if kind == "scored":
+            if index == best:
+                status = "accepted"
+            elif contender.runs and all(r.cached for r in contender.runs):
+                status = "cached"
+            else:
+                status = "rejected"
+            if best is not None and index != best and index in winners:
+                outranked_by = contenders[best].iteration
+        outcomes.append(
+            Outcome(contender.iteration, status, metric, verdicts.get(index), outranked_by)
+        )
+    return RoundDecision(tuple(outcomes))
+
+
+def _ended(contender: Contender) -> tuple[str, float | None]:
+    """``invalid``, ``scored``, ``pruned`` or ``failed``, and the score it is recorded with."""
+    runs = contender.runs
+    if runs is None:
+        return "invalid", None
+    scores = [r.metric for r in runs if r.status == "ok" and r.metric is not None]
+    if runs and len(scores) == len(runs):
+        return "scored", _mean(scores)
+    statuses = {r.status for r in runs}
+    if "pruned" in statuses and not statuses.intersection(BROKEN):
+        return "pruned", _mean([r.last for r in runs if r.last is not None])
+    return "failed", _mean(scores)
+
+
+def _mean(values: Sequence[float]) -> float | None:
+    return sum(values) / len(values) if values else None

@@ -7,12 +7,13 @@ then each iteration:
 2. asks the expert for a rewrite of that block (``proposing``);
 3. checks it (``proposing``: one block of the right kind, locked fields untouched,
    validation and the compile-time shape check); a refused reply goes back with its
-   diagnostics, at most 3 times, then the attempt is recorded ``invalid``;
+   diagnostics, at most ``proposing.MAX_RETRIES`` times, then the attempt is recorded
+   ``invalid``;
 4. trains it on the validation split (``trials``: ``--seeds K``; a repeat of an earlier
    script is read from the results cache; a run falling clearly behind the incumbent is
    pruned; an out-of-memory run is retried once with half the batch);
-5. keeps it when its mean score beats the incumbent's by more than ``--min-delta`` (and, with
-   several seeds, by more than the incumbent's seed noise);
+5. decides the round by the keep rule (``decide.KEEP_RULE``; ``decide.decide_round`` says how
+   each candidate ended and which one is kept);
 6. records it in the journal before the next attempt starts; a kept change is written back to
    the spec atomically (never over a user's edit) and, with ``--git``, committed
    (``publishing``).
@@ -33,7 +34,7 @@ from .. import registry, validate
 from ..evidence import Store
 from ..executors import Executor, make_executor
 from ..journal import BASELINE, Record, ResultCache, runs_root, sha256_text
-from .decide import Verdict, decide
+from .decide import Contender, Outcome, SeedResult, decide_round, last_score
 from .expert import Attempt, ExpertError
 from .memory import Memory
 from .options import RefineInterrupted, RefineOptions, RefineResult
@@ -323,91 +324,44 @@ class Refiner:
     # ------------------------------------------------------------ deciding and recording
 
     def _decide(self, round_: Sequence[Candidate]) -> None:
+        """Decide the round (``decide.decide_round``), then apply and record each outcome."""
         incumbent = self.incumbent
-        outcomes: dict[int, tuple[str, float | None]] = {}
-        verdicts: dict[int, Verdict] = {}
-        winners: list[tuple[float, Candidate]] = []
-        for candidate in round_:
-            if not candidate.valid:
-                outcomes[candidate.iteration] = ("invalid", None)
-                continue
-            runs = candidate.runs
-            ok = [r.metric for r in runs if r.status == "ok" and r.metric is not None]
-            if len(ok) == len(runs) and runs:
-                metric = mean_or_none(ok)
-                assert metric is not None
-                outcomes[candidate.iteration] = ("scored", metric)
-                verdict = self._verdict(candidate, incumbent)
-                verdicts[candidate.iteration] = verdict
-                if verdict.keep:
-                    winners.append((metric, candidate))
-            elif any(r.status == "pruned" for r in runs) and not any(
-                r.status in ("failed", "timeout", "nan", "oom") for r in runs
-            ):
-                last = [r.history[-1].get(self.metric_key) for r in runs if r.history]
-                values = [float(v) for v in last if isinstance(v, (int, float))]
-                outcomes[candidate.iteration] = ("pruned", mean_or_none(values))
-            else:
-                outcomes[candidate.iteration] = ("failed", mean_or_none(ok))
-        best = max(winners, key=lambda w: w[0])[1] if winners else None
-        for candidate in round_:
-            kind, metric = outcomes[candidate.iteration]
-            outranked_by = None
-            if kind == "scored":
-                if candidate is best:
-                    status = "accepted"
-                elif candidate.runs and all(r.cached for r in candidate.runs):
-                    status = "cached"
-                else:
-                    status = "rejected"
-                if (
-                    best is not None
-                    and candidate is not best
-                    and any(c is candidate for _, c in winners)
-                ):
-                    outranked_by = best.iteration
-            else:
-                status = kind
-            self._finish(
-                candidate,
-                status,
-                metric,
-                incumbent,
-                outranked_by,
-                verdicts.get(candidate.iteration),
-            )
+        decision = decide_round(
+            [self._contender(c) for c in round_],
+            incumbent.measurement(self.metric_key),
+            self.options.min_delta,
+        )
+        for candidate, outcome in zip(round_, decision.outcomes, strict=True):
+            self._finish(candidate, outcome, incumbent)
 
-    def _verdict(self, candidate: Candidate, incumbent: Incumbent) -> Verdict:
-        measured = candidate.measurement(self.metric_key)
-        assert measured is not None
-        return decide(measured, incumbent.measurement(self.metric_key), self.options.min_delta)
+    def _contender(self, candidate: Candidate) -> Contender:
+        """What deciding reads of a candidate of the round."""
+        if not candidate.valid:
+            return Contender(candidate.iteration, None)
+        runs = tuple(
+            SeedResult(r.status, r.metric, r.cached, last_score(r.history, self.metric_key))
+            for r in candidate.runs
+        )
+        return Contender(candidate.iteration, runs, candidate.measurement(self.metric_key))
 
-    def _finish(
-        self,
-        candidate: Candidate,
-        status: str,
-        metric: float | None,
-        incumbent: Incumbent,
-        outranked_by: int | None = None,
-        verdict: Verdict | None = None,
-    ) -> None:
+    def _finish(self, candidate: Candidate, outcome: Outcome, incumbent: Incumbent) -> None:
         record = candidate.record(
-            status,
-            metric,
+            outcome.status,
+            outcome.metric,
             incumbent,
             self.expert.name,
             self.seeds,
-            outranked_by=outranked_by,
-            verdict=verdict,
+            outranked_by=outcome.outranked_by,
+            verdict=outcome.verdict,
         )
-        if status == "accepted":
-            assert candidate.text is not None and metric is not None
+        if outcome.status == "accepted":
+            assert candidate.text is not None and outcome.metric is not None
             self.incumbent = Incumbent.of(candidate.iteration, candidate.text, candidate)
             self.exhausted.clear()  # a new incumbent opens new moves
             self.run.write_best(candidate.text)
         self._record(record)
         self._remember(record, incumbent.text, candidate)
-        if status == "accepted":
+        if outcome.status == "accepted":
             self.publisher.publish(record, self.incumbent.text)
 
     def _record(self, record: Record) -> None:
