@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..refine.decide import KEEP_RULE
+from ..refine.experts import expert_choices, experts_help
 from . import common
 from .common import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, UsageError, Verbs, err
 
@@ -32,16 +33,8 @@ record per attempt), candidates/N/ (spec, script, log, metrics), best.imp, final
 Repeated proposals are answered from a results cache. Ctrl-C saves the state; continue
 with --resume RUN_DIR, which neither loses nor repeats a finished attempt."""
 
+# After the "experts:" section, which the experts' table writes (refine/experts/catalog.py).
 REFINE_EPILOG = """\
-experts:
-  heuristic        rule-based, offline: reads the curves (over/underfitting, instability,
-                   slow convergence) and tries the moves a practitioner would
-  openai[:MODEL]   any OpenAI-compatible server (OPENAI_API_KEY, --base-url or
-                   OPENAI_BASE_URL): OpenAI, vLLM, SGLang, llama.cpp, Ollama; replies are
-                   held to the block's grammar as the server allows (see --grammar)
-  replay:FILE      proposals read from a file (.jsonl or .imp), for reproducible runs
-  The default is openai when OPENAI_API_KEY or --base-url is set, else heuristic.
-
 The candidates start as forks of a helper that has imported torch once, on CPUs and GPUs
 (about a second each besides training, instead of about six); IMPROVE_FORK_SERVER=0 turns
 it off.
@@ -74,7 +67,7 @@ def add_refine(verbs: Verbs) -> None:
         help="improve a spec by Iterative Refinement, one block at a time",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         description=REFINE_DESCRIPTION,
-        epilog=REFINE_EPILOG,
+        epilog=f"{experts_help()}\n\n{REFINE_EPILOG}",
     )
     p.add_argument("spec", nargs="?", metavar="SPEC", help="the pipeline spec (.imp file)")
     p.add_argument(
@@ -83,9 +76,7 @@ def add_refine(verbs: Verbs) -> None:
         metavar="N",
         help="refinement iterations after the baseline (default 10)",
     )
-    p.add_argument(
-        "--expert", metavar="EXPERT", help="heuristic, openai[:MODEL] or replay:FILE (see below)"
-    )
+    p.add_argument("--expert", metavar="EXPERT", help=f"{expert_choices()} (see below)")
     p.add_argument(
         "--base-url",
         metavar="URL",

@@ -1,12 +1,11 @@
 """What ``improve refine`` is asked to do (RefineOptions), what it reports back
-(RefineResult), its errors, and the expert that ``--expert`` names."""
+(RefineResult), and its errors."""
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
-import os
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -15,7 +14,6 @@ from ..journal import (
     Record,
 )
 from .constraint import GRAMMAR_CHOICES
-from .expert import Expert, ExpertError
 from .reporting import Summary
 from .select import SELECTORS
 
@@ -198,56 +196,3 @@ class RefineResult:
         if self.start_metric is None or self.best_metric is None:
             return None
         return self.best_metric - self.start_metric
-
-
-# ---------------------------------------------------------------- experts
-
-
-def default_expert(base_url: str | None = None) -> str:
-    """``openai`` when an API key (or a server) is configured, else ``heuristic``."""
-    if os.environ.get("OPENAI_API_KEY") or base_url:
-        return "openai"
-    return "heuristic"
-
-
-def make_expert(
-    spec: str | None,
-    *,
-    base_url: str | None = None,
-    seed: int = 0,
-    max_cost: float | None = None,
-    grammar: str | None = None,
-    notify: Callable[[str], None] | None = None,
-) -> Expert:
-    """The expert named by ``--expert`` (heuristic, openai[:MODEL], replay:FILE).
-
-    An openai expert probes its server here, once (``--grammar auto``): a constraint the
-    server cannot take is a RefineError before any run folder exists. ``notify`` hears what
-    was found and any constraint refused later (the console)."""
-    spec = spec or default_expert(base_url)
-    try:
-        if spec == "heuristic":
-            from .heuristic import HeuristicExpert
-
-            return HeuristicExpert(seed)
-        if spec.startswith("replay:"):
-            from .replay_expert import ReplayExpert
-
-            path = spec.split(":", 1)[1]
-            if not path:
-                raise RefineError("--expert replay:FILE needs a file")
-            return ReplayExpert(path)
-        if spec == "openai" or spec.startswith("openai:"):
-            from . import openai_expert
-
-            model = spec.partition(":")[2] or str(
-                getattr(openai_expert, "DEFAULT_MODEL", "gpt-5-mini")
-            )
-            expert = openai_expert.OpenAIExpert(
-                model, base_url=base_url, max_cost=max_cost, grammar_mode=grammar, notify=notify
-            )
-            expert.detect()
-            return expert
-    except ExpertError as exc:
-        raise RefineError(str(exc)) from None
-    raise RefineError(f"unknown expert {spec!r}; choose heuristic, openai[:MODEL] or replay:FILE")

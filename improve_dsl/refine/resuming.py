@@ -19,9 +19,10 @@ from typing import Any
 from .. import validate
 from ..journal import JournalError, Record, RunDir, new_run_id, runs_root, sha256_text
 from ..syntax import read_spec_text
-from .expert import Expert
+from .expert import Expert, ExpertError
+from .experts import make_expert
 from .gitlog import GitError, git_root, uncommitted_change
-from .options import RefineError, RefineOptions, make_expert
+from .options import RefineError, RefineOptions
 from .reporting import Reporter
 from .state import Incumbent
 
@@ -126,14 +127,19 @@ def _check_git(spec_path: Path, options: RefineOptions) -> None:
 
 
 def _expert(options: RefineOptions, reporter: Reporter) -> Expert:
-    return make_expert(
-        options.expert,
-        base_url=options.base_url,
-        seed=options.expert_seed,
-        max_cost=options.max_cost,
-        grammar=options.grammar,
-        notify=reporter.message,
-    )
+    """The expert ``--expert`` names; one that cannot start is a RefineError (the console
+    hears what an openai expert found out about its server)."""
+    try:
+        return make_expert(
+            options.expert,
+            base_url=options.base_url,
+            seed=options.expert_seed,
+            max_cost=options.max_cost,
+            grammar=options.grammar,
+            notify=reporter.message,
+        )
+    except ExpertError as exc:
+        raise RefineError(str(exc)) from None
 
 
 def rebuild_incumbent(run: RunDir, records: Sequence[Record], start_text: str) -> Incumbent:
