@@ -114,7 +114,7 @@ def run_optuna_arm(arm: str, spec: Path, seed: int, args: argparse.Namespace) ->
     from improve_dsl.diagnostics import DiagnosticError
     from improve_dsl.executors import TrainJob, make_executor
     from improve_dsl.refine import edit
-    from improve_dsl.refine.recipes import data_info
+    from improve_dsl.refine.experts.heuristic.recipes import data_info
     from improve_dsl.refine.state import compile_script
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)

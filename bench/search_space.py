@@ -1,8 +1,8 @@
 """The search space of the race in bench/refine_compare.py: what the offline expert can reach.
 
 Optuna's samplers (TPE, random) search exactly the fields and ranges the heuristic expert's
-moves and recipes can produce (improve_dsl/refine/moves.py, recipes.py): batch size; MLP,
-batch-normalised CNN (2 stages, or 3 for images over 12 pixels) and ResNet-8/14
+moves and recipes can produce (improve_dsl/refine/experts/heuristic/moves.py, recipes.py):
+batch size; MLP, batch-normalised CNN (2 stages, or 3 for images over 12 pixels) and ResNet-8/14
 (images of 16 pixels or more); width; dropout; epochs 1-40; SGD (momentum, Nesterov) or
 AdamW with learning rate and weight decay on log scales; constant, one-cycle or cosine
 schedules; label smoothing; EMA; translate or crop, flips (only where label-safe),
@@ -19,7 +19,7 @@ from typing import Any
 
 from improve_dsl import registry
 from improve_dsl.ir import Spec
-from improve_dsl.refine.recipes import DataInfo, call
+from improve_dsl.refine.experts.heuristic.recipes import DataInfo, call
 
 BATCH_SIZES = (16, 32, 64, 128, 256)
 SMALL_CNN = ("16,32", "32,64", "64,128")

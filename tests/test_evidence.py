@@ -14,8 +14,9 @@ from conftest import ImproveCall
 from openai_server import OpenAIServer, Reply, chat_completion
 
 from improve_dsl.evidence import Evidence, Profile, Store, StoreError, default_path
-from improve_dsl.refine.expert import Context
-from improve_dsl.refine.heuristic import HeuristicExpert
+from improve_dsl.refine.experts.base import Context
+from improve_dsl.refine.experts.heuristic.expert import HeuristicExpert
+from improve_dsl.refine.experts.llm.expert import OpenAIExpert
 from improve_dsl.refine.memory import (
     BASE_RATE,
     field_changes,
@@ -23,7 +24,6 @@ from improve_dsl.refine.memory import (
     move_family,
     profile_of,
 )
-from improve_dsl.refine.openai_expert import OpenAIExpert
 
 ROOT = Path(__file__).resolve().parent.parent
 SPEC_PATH = "specs/digits.imp"

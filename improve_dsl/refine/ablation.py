@@ -31,7 +31,7 @@ from ..diagnostics import DiagnosticError
 from ..executors import Executor
 from ..journal import ResultCache, RunDir, atomic_write_json, atomic_write_text, runs_root
 from . import edit
-from .heuristic import apply_changes
+from .experts.heuristic.expert import apply_changes
 from .memory import move_identity
 from .reporting import NullReporter, Reporter
 from .state import Candidate, Incumbent, compile_script

@@ -35,7 +35,7 @@ from ..evidence import Store
 from ..executors import Executor, make_executor
 from ..journal import BASELINE, Record, ResultCache, runs_root, sha256_text
 from .decide import Contender, Outcome, SeedResult, decide_round, last_score
-from .expert import Attempt, ExpertError
+from .experts.base import Attempt, ExpertError
 from .memory import Memory
 from .options import RefineInterrupted, RefineOptions, RefineResult
 from .proposing import Budget, Proposer

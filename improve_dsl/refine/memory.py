@@ -24,7 +24,7 @@ from .. import fmt, syntax, validate
 from ..diagnostics import DiagnosticError
 from ..evidence import Evidence, Profile, Store, StoreError
 from ..journal import BASELINE, Record
-from .recipes import data_info
+from .experts.heuristic.recipes import data_info
 
 BASE_RATE = 0.3  # the share of attempts kept, assumed where the store knows nothing
 PRIOR_WEIGHT = 3.0  # pseudo-attempts of the built-in ranking each prior is shrunk toward

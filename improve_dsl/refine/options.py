@@ -13,7 +13,7 @@ from typing import Any
 from ..journal import (
     Record,
 )
-from .constraint import GRAMMAR_CHOICES
+from .experts.llm.constraint import GRAMMAR_CHOICES
 from .reporting import Summary
 from .select import SELECTORS
 

@@ -18,7 +18,7 @@ from .. import registry, validate
 from ..diagnostics import DiagnosticError
 from ..journal import ResultCache
 from . import edit
-from .expert import Attempt, Context, Expert, ExpertError, NoMoreMoves, Proposal
+from .experts.base import Attempt, Context, Expert, ExpertError, NoMoreMoves, Proposal
 from .memory import Priors
 from .reporting import Reporter
 from .select import Choice, choose_block

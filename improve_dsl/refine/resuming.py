@@ -19,8 +19,8 @@ from typing import Any
 from .. import validate
 from ..journal import JournalError, Record, RunDir, new_run_id, runs_root, sha256_text
 from ..syntax import read_spec_text
-from .expert import Expert, ExpertError
 from .experts import make_expert
+from .experts.base import Expert, ExpertError
 from .gitlog import GitError, git_root, uncommitted_change
 from .options import RefineError, RefineOptions
 from .reporting import Reporter

@@ -17,7 +17,7 @@ from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 
 from .diagnose import Diagnosis, diagnose
-from .expert import Attempt, Context, Expert, since_incumbent
+from .experts.base import Attempt, Context, Expert, since_incumbent
 
 SELECTORS = ("analyst", "diagnose", "round-robin")
 

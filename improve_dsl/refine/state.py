@@ -13,7 +13,7 @@ from typing import Any
 from ..journal import PENDING, Record, ResultCache, sha256_text
 from ..run import RunResult
 from .decide import Measurement, Verdict, measurement
-from .expert import Attempt, Proposal
+from .experts.base import Attempt, Proposal
 from .select import Choice
 
 

@@ -11,7 +11,7 @@ import textwrap
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from ..expert import Expert, ExpertError
+from .base import Expert, ExpertError
 
 
 @dataclass(frozen=True)
@@ -50,7 +50,7 @@ class ExpertKind:
 
 
 def _heuristic(argument: str, settings: ExpertSettings) -> Expert:
-    from ..heuristic import HeuristicExpert
+    from .heuristic.expert import HeuristicExpert
 
     return HeuristicExpert(settings.seed)
 
@@ -58,7 +58,7 @@ def _heuristic(argument: str, settings: ExpertSettings) -> Expert:
 def _openai(model: str, settings: ExpertSettings) -> Expert:
     """An expert that probes its server here, once (``--grammar auto``): a constraint the
     server cannot take is an ExpertError before any run folder exists."""
-    from ..openai_expert import DEFAULT_MODEL, OpenAIExpert
+    from .llm.expert import DEFAULT_MODEL, OpenAIExpert
 
     expert = OpenAIExpert(
         model or DEFAULT_MODEL,
@@ -72,7 +72,7 @@ def _openai(model: str, settings: ExpertSettings) -> Expert:
 
 
 def _replay(path: str, settings: ExpertSettings) -> Expert:
-    from ..replay_expert import ReplayExpert
+    from .replay import ReplayExpert
 
     return ReplayExpert(path)
 

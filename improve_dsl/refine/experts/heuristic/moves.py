@@ -21,10 +21,10 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from ..fmt import call, literal
-from ..ir import Op, Spec
-from ..journal import NOT_ACCEPTED, PENDING
-from ..registry import ParamValue
+from ....fmt import call, literal
+from ....ir import Op, Spec
+from ....journal import NOT_ACCEPTED, PENDING
+from ....registry import ParamValue
 from . import recipes
 from .recipes import DataInfo
 from .trust import TrustRegion

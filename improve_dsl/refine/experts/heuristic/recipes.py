@@ -25,9 +25,9 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from .. import registry
-from ..fmt import call
-from ..ir import Op, Spec
+from .... import registry
+from ....fmt import call
+from ....ir import Op, Spec
 
 SGD_LR_PER_256 = 0.1
 SGD_MOMENTUM = 0.9

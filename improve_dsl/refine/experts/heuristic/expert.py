@@ -26,14 +26,14 @@ import random
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
-from .. import fmt, syntax, validate
-from ..diagnostics import DiagnosticError
-from ..ir import Spec
-from ..journal import PENDING, sha256_text
-from . import edit
-from .diagnose import Diagnosis, diagnose
-from .expert import Attempt, Context, NoMoreMoves, Proposal, Selection, since_incumbent
-from .memory import move_family
+from .... import fmt, syntax, validate
+from ....diagnostics import DiagnosticError
+from ....ir import Spec
+from ....journal import PENDING, sha256_text
+from ... import edit
+from ...diagnose import Diagnosis, diagnose
+from ...memory import move_family
+from ..base import Attempt, Context, NoMoreMoves, Proposal, Selection, since_incumbent
 from .moves import FAILED, MOVE_MAKERS, Move
 from .recipes import DataInfo, data_info
 from .trust import STEP_SIZES, TrustRegion

@@ -10,9 +10,9 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from .. import docs, registry
-from .edit import editable_view
-from .expert import Attempt, Context
+from .... import docs, registry
+from ...edit import editable_view
+from ..base import Attempt, Context
 
 MAX_HISTORY = 12  # the most recent attempts shown; older ones rarely change the next move
 MAX_DIFF_LINES = 24

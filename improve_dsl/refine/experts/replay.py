@@ -21,9 +21,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from .. import registry, syntax
-from ..diagnostics import DiagnosticError
-from .expert import Context, ExpertError, NoMoreMoves, Proposal, Selection
+from ... import registry, syntax
+from ...diagnostics import DiagnosticError
+from .base import Context, ExpertError, NoMoreMoves, Proposal, Selection
 
 _SEPARATOR = re.compile(r"^-{3,}[ \t]*$", re.MULTILINE)
 

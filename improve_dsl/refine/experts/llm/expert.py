@@ -20,7 +20,9 @@ from typing import Any, Literal, get_args
 
 import openai
 
-from .. import grammar_export
+from .... import grammar_export
+from ...edit import EditError, rationale_of, split_reply
+from ..base import Context, ExpertError, Proposal, Selection, Usage
 from . import prompts
 from .constraint import (
     MODE_LABELS,
@@ -33,8 +35,6 @@ from .constraint import (
     names_parameter,
     probe,
 )
-from .edit import EditError, rationale_of, split_reply
-from .expert import Context, ExpertError, Proposal, Selection, Usage
 from .pricing import PriceError, cost_usd, load_prices
 
 Api = Literal["chat", "responses"]

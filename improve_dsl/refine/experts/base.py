@@ -65,7 +65,7 @@ class Proposal:
     tokens: int = 0
     cost_usd: float = 0.0
     raw: str = ""  # the raw reply, for the log
-    grammar: str = ""  # how the reply was constrained (an openai_expert mode), "" if n/a
+    grammar: str = ""  # how the reply was constrained (an LLM expert mode), "" if n/a
     grammar_note: str = ""  # a constraint the server refused on the way, if any
 
 
@@ -88,7 +88,7 @@ class NoMoreMoves(Exception):
 
 
 class Expert(Protocol):
-    """Proposes rewrites of blocks. Implementations: heuristic, openai, replay."""
+    """Proposes rewrites of blocks. The implementations are named in ``catalog.EXPERTS``."""
 
     name: str
 
