@@ -3,9 +3,15 @@
 
 from __future__ import annotations
 
+import argparse
 import ast
+import inspect
 import re
+import textwrap
 from pathlib import Path
+from typing import Any
+
+import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGE = ROOT / "improve_dsl"
@@ -131,3 +137,118 @@ def test_the_tracking_side_does_not_import_the_loops_view() -> None:
 def test_the_view_check_sees_an_import_of_the_view() -> None:
     # The check can fail: the command line does load the view, directly and through refine/.
     assert "cli.refining" in _view_reachers(("cli",))
+
+
+# ---------------------------------------------------------------- experts register in one place
+
+EXPERTS_DIR = PACKAGE / "refine" / "experts"
+CATALOG = EXPERTS_DIR / "catalog.py"  # the one table: EXPERTS, make_expert, the --expert help
+
+
+def _expert_classes(root: Path = EXPERTS_DIR) -> dict[str, Path]:
+    """``class name -> file`` of every Expert implementation under ``root``: a class with
+    ``propose`` and ``select`` that is not the Protocol itself."""
+    found = {}
+    for path in sorted(root.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ClassDef):
+                methods = {n.name for n in node.body if isinstance(n, ast.FunctionDef)}
+                bases = {ast.unparse(base) for base in node.bases}
+                if {"propose", "select"} <= methods and "Protocol" not in bases:
+                    found[node.name] = path
+    return found
+
+
+def _called_names(node: ast.AST) -> set[str]:
+    """The names that ``node`` calls (``X(...)`` and ``module.X(...)``)."""
+    called = set()
+    for call in ast.walk(node):
+        if isinstance(call, ast.Call):
+            func = call.func
+            if isinstance(func, ast.Name):
+                called.add(func.id)
+            elif isinstance(func, ast.Attribute):
+                called.add(func.attr)
+    return called
+
+
+def _factory_calls() -> set[str]:
+    """What the table's factories call: the experts they build."""
+    from improve_dsl.refine.experts import catalog
+
+    called: set[str] = set()
+    for kind in catalog.EXPERTS:
+        source = textwrap.dedent(inspect.getsource(kind.factory))
+        called |= _called_names(ast.parse(source))
+    return called
+
+
+def test_every_expert_is_built_by_an_entry_of_the_table() -> None:
+    classes = _expert_classes()
+    assert {"HeuristicExpert", "OpenAIExpert", "ReplayExpert"} <= set(classes)
+    assert sorted(set(classes) - _factory_calls()) == []
+
+
+def test_no_other_module_builds_an_expert_or_lists_the_experts() -> None:
+    from improve_dsl.refine.experts.catalog import EXPERTS
+
+    classes = set(_expert_classes())
+    names = [kind.name for kind in EXPERTS]
+    usages = [kind.usage for kind in EXPERTS if kind.usage != kind.name]  # openai[:MODEL]...
+    wrong = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        if path == CATALOG:
+            continue
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        where = path.relative_to(PACKAGE)
+        wrong += [f"{where} builds {name}" for name in sorted(_called_names(tree) & classes)]
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Constant) and isinstance(node.value, str):
+                named = [n for n in names if re.search(rf"\b{re.escape(n)}\b", node.value)]
+                if len(named) > 1 or any(usage in node.value for usage in usages):
+                    wrong.append(f"{where}:{node.lineno} lists experts: {node.value[:60]!r}")
+    assert wrong == []
+
+
+def test_the_expert_checks_see_an_expert_outside_the_table(tmp_path: Path) -> None:
+    # The checks can fail: a new expert class the table does not build, and a module that
+    # builds one itself or writes out the experts' names.
+    (tmp_path / "anthropic.py").write_text(
+        "class AnthropicExpert:\n"
+        "    def propose(self, context): ...\n"
+        "    def select(self, context, blocks): ...\n",
+        encoding="utf-8",
+    )
+    assert set(_expert_classes(tmp_path)) - _factory_calls() == {"AnthropicExpert"}
+    tree = ast.parse("expert = HeuristicExpert(0)")
+    assert _called_names(tree) & set(_expert_classes()) == {"HeuristicExpert"}
+
+
+def test_the_expert_help_and_errors_are_written_from_the_table(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from improve_dsl.cli import build_parser
+    from improve_dsl.refine.experts import catalog
+    from improve_dsl.refine.experts.base import ExpertError
+
+    built: list[str] = []
+
+    def echo(argument: str, settings: catalog.ExpertSettings) -> Any:
+        built.append(argument)
+        return "an echo expert"
+
+    extra = catalog.ExpertKind("echo", "says back what it is given", echo, argument="WORDS")
+    monkeypatch.setattr(catalog, "EXPERTS", (*catalog.EXPERTS, extra))
+    refine = _subparser(build_parser(), "refine")
+    expert_flag = next(a for a in refine._actions if "--expert" in a.option_strings)
+    assert expert_flag.help == "heuristic, openai[:MODEL], replay:FILE or echo[:WORDS] (see below)"
+    assert "\n  echo[:WORDS]     says back what it is given\n" in refine.format_help()
+    assert catalog.make_expert("echo:hi") == "an echo expert" and built == ["hi"]
+    with pytest.raises(ExpertError, match=re.escape("choose heuristic, openai[:MODEL], replay")):
+        catalog.make_expert("nope")
+
+
+def _subparser(parser: argparse.ArgumentParser, verb: str) -> argparse.ArgumentParser:
+    actions = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    choices: dict[str, argparse.ArgumentParser] = actions[0].choices
+    return choices[verb]
