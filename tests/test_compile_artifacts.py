@@ -16,6 +16,19 @@ def artifact(content: bytes) -> tuple[str, bytes]:
     return hashlib.sha256(content).hexdigest()[:32] + ".bin", content
 
 
+def stock(shelf: ArtifactShelf, count: int) -> list[str]:
+    """``count`` artifacts of 100 bytes added one by one, each older than the next; their
+    names, oldest first."""
+    assert shelf.folder is not None
+    names = []
+    for index in range(count):
+        name, data = artifact(bytes([index]) * 100)
+        shelf.add({name: data})
+        os.utime(shelf.folder / name, (1000 + index, 1000 + index))
+        names.append(name)
+    return names
+
+
 def test_what_comes_back_is_shipped_with_the_next_task(tmp_path: Path) -> None:
     shelf = ArtifactShelf(tmp_path / "shelf")
     assert shelf.bundle() == {} and shelf.version == 0
@@ -39,23 +52,13 @@ def test_names_a_script_does_not_write_are_not_stored(tmp_path: Path) -> None:
 
 def test_the_newest_are_shipped_up_to_the_limit(tmp_path: Path) -> None:
     shelf = ArtifactShelf(tmp_path / "shelf", ship_limit=250)
-    names = []
-    for index in range(3):
-        name, data = artifact(bytes([index]) * 100)
-        shelf.add({name: data})
-        os.utime(tmp_path / "shelf" / name, (1000 + index, 1000 + index))
-        names.append(name)
+    names = stock(shelf, 3)
     assert list(shelf.bundle()) == [names[2], names[1]]  # 200 bytes; a third would pass 250
 
 
 def test_the_oldest_go_when_the_shelf_is_full(tmp_path: Path) -> None:
     shelf = ArtifactShelf(tmp_path / "shelf", keep_limit=250)
-    names = []
-    for index in range(3):
-        name, data = artifact(bytes([index]) * 100)
-        shelf.add({name: data})
-        os.utime(tmp_path / "shelf" / name, (1000 + index, 1000 + index))
-        names.append(name)
+    names = stock(shelf, 3)
     shelf.add(dict([artifact(b"\xff" * 100)]))
     kept = sorted(path.name for path in (tmp_path / "shelf").iterdir())
     assert names[0] not in kept and names[1] not in kept and len(kept) == 2

@@ -77,6 +77,7 @@ def run_on_worker(
     """
     import ray
 
+    received = artifacts or {}
     env: dict[str, str] = {}
     if driver_data and not os.environ.get("IMPROVE_DATA"):
         env["IMPROVE_DATA"] = driver_data  # same path on every node (a shared filesystem)
@@ -96,7 +97,7 @@ def run_on_worker(
         out_dir = Path(tmp) / "out"
         shelf = Path(tmp) / "compile-artifacts"
         shelf.mkdir()
-        for name, data in (artifacts or {}).items():
+        for name, data in received.items():
             if ARTIFACT_NAME.fullmatch(name):
                 (shelf / name).write_bytes(data)
         result = run_script(
@@ -110,7 +111,7 @@ def run_on_worker(
         made = {
             path.name: path.read_bytes()
             for path in sorted(shelf.iterdir())
-            if ARTIFACT_NAME.fullmatch(path.name) and path.name not in (artifacts or {})
+            if ARTIFACT_NAME.fullmatch(path.name) and path.name not in received
         }
         files: dict[str, bytes] = {}
         skipped: dict[str, int] = {}

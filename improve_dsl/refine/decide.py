@@ -311,12 +311,13 @@ def _ended(contender: Contender) -> tuple[str, float | None]:
         return "invalid", None
     scores = [r.metric for r in runs if r.status == "ok" and r.metric is not None]
     if runs and len(scores) == len(runs):
-        return "scored", _mean(scores)
+        return "scored", mean_or_none(scores)
     statuses = {r.status for r in runs}
     if "pruned" in statuses and not statuses.intersection(BROKEN):
-        return "pruned", _mean([r.last for r in runs if r.last is not None])
-    return "failed", _mean(scores)
+        return "pruned", mean_or_none([r.last for r in runs if r.last is not None])
+    return "failed", mean_or_none(scores)
 
 
-def _mean(values: Sequence[float]) -> float | None:
+def mean_or_none(values: Sequence[float]) -> float | None:
+    """The mean, or None for no values (a candidate none of whose seeds scored)."""
     return sum(values) / len(values) if values else None

@@ -12,7 +12,7 @@ from typing import Any
 
 from ..journal import PENDING, Record, ResultCache, sha256_text
 from ..run import RunResult
-from .decide import Measurement, Verdict, measurement
+from .decide import Measurement, Verdict, mean_or_none, measurement
 from .experts.base import Attempt, Proposal
 from .select import Choice
 
@@ -255,10 +255,6 @@ class Candidate:
             self.proposal.rationale if self.proposal else "",
             self.proposal.move if self.proposal else "",
         )
-
-
-def mean_or_none(values: Sequence[float]) -> float | None:
-    return sum(values) / len(values) if values else None
 
 
 def unified_diff(before: str, after: str, iteration: int) -> str:
