@@ -12,7 +12,7 @@ import pytest
 from improve_dsl import diff, registry, syntax, validate
 from improve_dsl.journal import sha256_text
 from improve_dsl.refine import edit
-from improve_dsl.refine.diagnose import diagnose
+from improve_dsl.refine.curves import diagnose
 from improve_dsl.refine.experts.base import Attempt, Context, NoMoreMoves, Selection
 from improve_dsl.refine.experts.heuristic import recipes
 from improve_dsl.refine.experts.heuristic.expert import (

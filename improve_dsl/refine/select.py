@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 
-from .diagnose import Diagnosis, diagnose
+from .curves import Diagnosis, diagnose
 from .experts.base import Attempt, Context, Expert, since_incumbent
 
 SELECTORS = ("analyst", "diagnose", "round-robin")

@@ -31,7 +31,7 @@ from ....diagnostics import DiagnosticError
 from ....ir import Spec
 from ....journal import PENDING, sha256_text
 from ... import edit
-from ...diagnose import Diagnosis, diagnose
+from ...curves import Diagnosis, diagnose
 from ...memory import move_family
 from ..base import Attempt, Context, NoMoreMoves, Proposal, Selection, since_incumbent
 from .moves import FAILED, MOVE_MAKERS, Move
