@@ -113,7 +113,7 @@ def run_optuna_arm(arm: str, spec: Path, seed: int, args: argparse.Namespace) ->
     from improve_dsl import registry, validate
     from improve_dsl.diagnostics import DiagnosticError
     from improve_dsl.executors import TrainJob, make_executor
-    from improve_dsl.refine import edit
+    from improve_dsl.refine import reply
     from improve_dsl.refine.experts.heuristic.recipes import data_info
     from improve_dsl.refine.state import compile_script
 
@@ -147,7 +147,7 @@ def run_optuna_arm(arm: str, spec: Path, seed: int, args: argparse.Namespace) ->
                 text = (
                     start_text
                     if number == 0
-                    else edit.apply_edit(
+                    else reply.apply_edit(
                         start_text,
                         str(spec),
                         blocks,
@@ -156,7 +156,7 @@ def run_optuna_arm(arm: str, spec: Path, seed: int, args: argparse.Namespace) ->
                     )
                 )
                 script = compile_script(text, str(spec))
-            except (edit.EditError, DiagnosticError) as exc:
+            except (reply.EditError, DiagnosticError) as exc:
                 study.tell(trial, state=optuna.trial.TrialState.FAIL)
                 runs.append({"run": number, "status": "invalid", "metric": None, "seconds": 0.0,
                              "change": str(exc).splitlines()[0]})  # fmt: skip

@@ -26,7 +26,7 @@ from improve_dsl import registry
 from improve_dsl.diagnostics import DiagnosticError
 from improve_dsl.fmt import print_block
 from improve_dsl.grammar_export import block_grammar, blocks_grammar
-from improve_dsl.refine.edit import REPLY_PATH, EditError, apply_edit, split_reply
+from improve_dsl.refine.reply import REPLY_PATH, EditError, apply_edit, split_reply
 from improve_dsl.syntax import parse
 
 ROOT = Path(__file__).resolve().parent.parent

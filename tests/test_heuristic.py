@@ -11,7 +11,7 @@ import pytest
 
 from improve_dsl import diff, registry, syntax, validate
 from improve_dsl.journal import sha256_text
-from improve_dsl.refine import edit
+from improve_dsl.refine import reply
 from improve_dsl.refine.curves import diagnose
 from improve_dsl.refine.experts.base import Attempt, Context, NoMoreMoves, Selection
 from improve_dsl.refine.experts.heuristic import recipes
@@ -110,10 +110,10 @@ def test_every_move_is_a_valid_edit_of_its_block_only(spec_name: str) -> None:
     for block, maker in MOVE_MAKERS.items():
         for move in maker(spec, info, region()):
             proposal = apply_changes(text, block, move.changes)
-            for field_name in edit.locked_fields(block):
+            for field_name in reply.locked_fields(block):
                 assert f"{field_name} =" not in proposal, move.id
             # Only model moves can break shapes; the meta-device check costs a second each.
-            merged = edit.apply_edit(
+            merged = reply.apply_edit(
                 text, spec_name, (block,), proposal, check_shapes=block == "model"
             )
             assert diff.changed_blocks(text, merged) == [block], move.id
@@ -193,7 +193,7 @@ def test_the_expert_chooses_the_block_of_its_best_move() -> None:
     # Once the train block is the recipe, the MLP is the largest shortfall.
     history = [attempt(1, "train", "accepted", "train.recipe")]
     text = HeuristicExpert().propose(context()).text
-    merged = edit.apply_edit(DIGITS, "d.imp", ("train",), text)
+    merged = reply.apply_edit(DIGITS, "d.imp", ("train",), text)
     selection = expert.select(context(merged, blocks=(), history=history), REFINABLE)
     assert selection is not None and selection.block == "model"
     assert expert.select(context(blocks=()), []) is None
@@ -252,7 +252,7 @@ def test_trust_regions_grow_after_a_kept_step_and_shrink_after_a_refused_one() -
 def test_a_move_whose_spec_was_already_trained_is_skipped() -> None:
     expert = HeuristicExpert()
     first = expert.propose(context())
-    merged = edit.apply_edit(DIGITS, "d.imp", ("train",), first.text)
+    merged = reply.apply_edit(DIGITS, "d.imp", ("train",), first.text)
     again = expert.propose(context(tried=frozenset({sha256_text(merged)})))
     assert again.move != first.move
 
@@ -302,7 +302,7 @@ def test_all_at_once_rewrites_every_block_in_one_valid_edit() -> None:
     blocks = registry.REFINABLE_BLOCKS
     proposal = HeuristicExpert().propose(context(blocks=blocks))
     assert {b.kind for b in syntax.parse(proposal.text).blocks} == set(blocks)
-    merged = edit.apply_edit(DIGITS, "d.imp", blocks, proposal.text, check_shapes=True)
+    merged = reply.apply_edit(DIGITS, "d.imp", blocks, proposal.text, check_shapes=True)
     assert len(diff.changed_blocks(DIGITS, merged)) >= 2
     assert "+" in proposal.move
 

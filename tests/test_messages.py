@@ -12,7 +12,7 @@ import pytest
 
 from improve_dsl.cli import common
 from improve_dsl.diagnostics import DiagnosticError
-from improve_dsl.refine.edit import EditError, apply_edit
+from improve_dsl.refine.reply import EditError, apply_edit
 from improve_dsl.validate import load_text
 
 ROOT = Path(__file__).resolve().parent.parent

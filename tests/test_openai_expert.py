@@ -21,10 +21,10 @@ from openai_server import (
 
 from improve_dsl import docs, grammar_export, validate
 from improve_dsl.diagnostics import DiagnosticError
-from improve_dsl.refine.edit import EditError, apply_edit, feedback_for
 from improve_dsl.refine.experts.base import Attempt, Context, ExpertError, Proposal
 from improve_dsl.refine.experts.llm import prompts
 from improve_dsl.refine.experts.llm.expert import OpenAIExpert
+from improve_dsl.refine.reply import EditError, apply_edit, feedback_for
 
 ROOT = Path(__file__).resolve().parents[1]
 SPEC_PATH = "specs/digits.imp"

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 
 from improve_dsl import validate
-from improve_dsl.refine.edit import apply_edit
 from improve_dsl.refine.experts.base import Context, ExpertError, NoMoreMoves
 from improve_dsl.refine.experts.replay import ReplayExpert
+from improve_dsl.refine.reply import apply_edit
 
 ROOT = Path(__file__).resolve().parents[1]
 SPEC_PATH = "specs/digits.imp"

@@ -30,7 +30,7 @@ from .. import fmt, syntax, validate
 from ..diagnostics import DiagnosticError
 from ..executors import Executor
 from ..journal import ResultCache, RunDir, atomic_write_json, atomic_write_text, runs_root
-from . import edit
+from . import reply
 from .experts.heuristic.expert import apply_changes
 from .memory import move_identity
 from .reporting import NullReporter, Reporter
@@ -152,7 +152,7 @@ def _apply(text: str, block: str, values: dict[str, str | None], path: str) -> s
     """``text`` with ``block``'s fields set to ``values``; DiagnosticError/EditError when the
     result is not a valid spec."""
     proposed = apply_changes(text, block, values)
-    merged = edit.apply_edit(text, path, (block,), proposed, check_shapes=False)
+    merged = reply.apply_edit(text, path, (block,), proposed, check_shapes=False)
     validate.load_text(merged, path)
     return merged
 
@@ -257,11 +257,11 @@ def ablate(
             text, note = leave_out(best, change, spec_path)
             notes += [note] if note else []
             out_c = variant(text) if text is not None else None
-        except (DiagnosticError, edit.EditError) as exc:
+        except (DiagnosticError, reply.EditError) as exc:
             notes.append(f"cannot be left out: {_first_line(exc)}")
         try:
             in_c = variant(add_in(start, change, spec_path))
-        except (DiagnosticError, edit.EditError) as exc:
+        except (DiagnosticError, reply.EditError) as exc:
             notes.append(f"cannot be added alone: {_first_line(exc)}")
         row.note = "; ".join(notes)
         pairs.append((out_c, in_c))

@@ -1,6 +1,6 @@
 """Proposing: choose the block, ask the expert for a rewrite, check it, retry with diagnostics.
 
-A reply is merged into the incumbent (``edit.apply_edit``: one block of the right kind, locked
+A reply is merged into the incumbent (``reply.apply_edit``: one block of the right kind, locked
 fields untouched), guarded (no other block and no locked field changed), validated and
 compiled with the compile-time shape check. A refused reply goes back to the expert with the
 diagnostics a user would see, at most ``MAX_RETRIES`` times; then the attempt is invalid.
@@ -17,9 +17,9 @@ from pathlib import Path
 from .. import registry, validate
 from ..diagnostics import DiagnosticError
 from ..journal import ResultCache
-from . import edit
 from .experts.base import Attempt, Context, Expert, ExpertError, NoMoreMoves, Proposal
 from .memory import Priors
+from .reply import EditError, apply_edit, ask_for, feedback_for
 from .reporting import Reporter
 from .select import Choice, choose_block
 from .state import Candidate, Incumbent, compile_script
@@ -150,28 +150,28 @@ class Proposer:
                 if retry == 0:
                     return None
                 break  # out of replies after refused ones: the attempt was invalid
-            except edit.EditError as exc:  # a reply of the wrong shape, already paid for
+            except EditError as exc:  # a reply of the wrong shape, already paid for
                 tokens += exc.tokens
                 cost += exc.cost_usd
                 proposal = proposal or Proposal(
                     "", "", raw=exc.raw, grammar=exc.grammar, grammar_note=exc.grammar_note
                 )
-                feedback, previous = edit.feedback_for(exc), exc.raw
+                feedback, previous = feedback_for(exc), exc.raw
                 refused += 1
                 continue
             tokens += proposal.tokens
             cost += proposal.cost_usd
             try:
                 text, script = self.check(incumbent.text, blocks, proposal.text)
-            except (edit.EditError, DiagnosticError) as exc:
+            except (EditError, DiagnosticError) as exc:
                 if isinstance(exc, DiagnosticError):
                     note = (
                         f"nothing was applied: the spec is unchanged; fix the reply and "
-                        f"{edit.ask_for(blocks)}"
+                        f"{ask_for(blocks)}"
                     )
                     if note not in exc.extra:
                         exc.extra.append(note)
-                feedback, previous = edit.feedback_for(exc), proposal.raw or proposal.text
+                feedback, previous = feedback_for(exc), proposal.raw or proposal.text
                 refused += 1
                 continue
             seconds = time.monotonic() - started
@@ -206,7 +206,7 @@ class Proposer:
 
     def check(self, incumbent: str, blocks: Sequence[str], reply: str) -> tuple[str, str]:
         """The merged spec and its compiled script; ``EditError`` or ``DiagnosticError``."""
-        text = edit.apply_edit(incumbent, str(self.spec_path), blocks, reply, check_shapes=False)
+        text = apply_edit(incumbent, str(self.spec_path), blocks, reply, check_shapes=False)
         self.guard(incumbent, text, blocks)
         return text, compile_script(text, str(self.spec_path), self.cache)
 
@@ -216,13 +216,13 @@ class Proposer:
         after = validate.load_text(text, str(self.spec_path))
         for name in registry.BLOCK_NAMES:
             if name not in blocks and getattr(before, name) != getattr(after, name):
-                raise edit.EditError(
+                raise EditError(
                     f"the proposal changes block '{name}', which was not asked "
-                    f"for; {edit.ask_for(blocks)}"
+                    f"for; {ask_for(blocks)}"
                 )
         for block_name, field_name in registry.locked_fields():
             old = getattr(getattr(before, block_name), field_name)
             if old != getattr(getattr(after, block_name), field_name):
-                raise edit.EditError(
+                raise EditError(
                     f"'{field_name}' in block '{block_name}' is locked: refinement never changes it"
                 )

@@ -30,7 +30,7 @@ from .... import fmt, syntax, validate
 from ....diagnostics import DiagnosticError
 from ....ir import Spec
 from ....journal import PENDING, sha256_text
-from ... import edit
+from ... import reply
 from ...curves import Diagnosis, diagnose
 from ...memory import move_family
 from ..base import Attempt, Context, NoMoreMoves, Proposal, Selection, since_incumbent
@@ -61,7 +61,7 @@ class Ranked:
 
 def apply_changes(spec_text: str, block: str, changes: Mapping[str, str | None]) -> str:
     """The block's editable view with ``changes`` made, printed canonically."""
-    view = edit.editable_view(spec_text, block)
+    view = reply.editable_view(spec_text, block)
     ast = syntax.parse(view, "<view>")
     fields: dict[str, str] = {}
     if ast.blocks:
@@ -182,14 +182,14 @@ class HeuristicExpert:
         for ranked in self.ranked(context, blocks):
             text = apply_changes(context.spec_text, ranked.move.block, ranked.move.changes)
             try:
-                merged = edit.apply_edit(
+                merged = reply.apply_edit(
                     context.spec_text,
                     context.spec_path,
                     (ranked.move.block,),
                     text,
                     check_shapes=False,
                 )
-            except (edit.EditError, DiagnosticError):
+            except (reply.EditError, DiagnosticError):
                 continue  # a move this spec cannot take (the loop would refuse it too)
             if sha256_text(merged) not in context.tried:
                 kept.append(ranked)
@@ -228,7 +228,7 @@ class HeuristicExpert:
                 chosen.append(ranked[0])
                 texts.append(apply_changes(context.spec_text, block, ranked[0].move.changes))
             elif len(context.blocks) > 1:
-                texts.append(edit.editable_view(context.spec_text, block) + "\n")
+                texts.append(reply.editable_view(context.spec_text, block) + "\n")
         if not chosen:
             blocks = ", ".join(context.blocks)
             raise NoMoreMoves(f"no untried move for {blocks} fits the diagnosis ({diagnosis.kind})")

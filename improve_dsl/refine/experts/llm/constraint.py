@@ -44,7 +44,7 @@ Mode = Literal[
     "sglang-gbnf",  # SGLang: ebnf (GBNF, XGrammar's default)
     "llama-gbnf",  # llama.cpp server: grammar (GBNF)
     "json-schema",  # response_format / text.format json_schema, the block as a string
-    "none",  # free text, extracted strictly by edit.split_reply
+    "none",  # free text, extracted strictly by reply.split_reply
 ]
 MODES: tuple[str, ...] = get_args(Mode)
 

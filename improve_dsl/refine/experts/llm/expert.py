@@ -5,7 +5,7 @@ and which server it is): an OpenAI custom tool with a Lark grammar (Responses or
 ``structured_outputs``, SGLang ``ebnf``, llama.cpp ``grammar`` (GBNF), a JSON schema with
 the block as a string field (Ollama and most others), else free text. A server that refuses
 a constraint with a 400 naming its field steps down one rung, says so, and keeps the mode
-that worked. Either way the caller still checks the text with ``edit.apply_edit`` before
+that worked. Either way the caller still checks the text with ``reply.apply_edit`` before
 anything runs.
 """
 
@@ -21,7 +21,7 @@ from typing import Any, Literal, get_args
 import openai
 
 from .... import grammar_export
-from ...edit import EditError, rationale_of, split_reply
+from ...reply import EditError, rationale_of, split_reply
 from ..base import Context, ExpertError, Proposal, Selection, Usage
 from . import prompts
 from .constraint import (

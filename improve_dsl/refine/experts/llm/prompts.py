@@ -11,7 +11,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from .... import docs, registry
-from ...edit import editable_view
+from ...reply import editable_view
 from ..base import Attempt, Context
 
 MAX_HISTORY = 12  # the most recent attempts shown; older ones rarely change the next move
@@ -278,7 +278,7 @@ PROPOSAL_SCHEMA_NAME = "block_rewrite"
 
 def proposal_schema() -> dict[str, Any]:
     """The strict JSON schema of a proposal where only JSON can be enforced (e.g. Ollama):
-    the block travels as a string, checked by ``edit`` like any reply."""
+    the block travels as a string, checked by ``refine/reply.py`` like any other reply."""
     return {
         "type": "object",
         "properties": {"reason": {"type": "string"}, "block": {"type": "string"}},

@@ -9,7 +9,7 @@ import pytest
 
 from improve_dsl import grammar_export, syntax, validate
 from improve_dsl.diagnostics import DiagnosticError
-from improve_dsl.refine.edit import (
+from improve_dsl.refine.reply import (
     EditError,
     apply_edit,
     editable_view,
