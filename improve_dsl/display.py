@@ -4,19 +4,19 @@ score changes, durations and costs."""
 from __future__ import annotations
 
 
-def fmt_metric(value: float | None) -> str:
+def metric_text(value: float | None) -> str:
     """A score to four places, or an em dash when there is none."""
     return "—" if value is None else f"{value:.4f}"
 
 
-def fmt_delta(metric: float | None, incumbent: float | None) -> str:
+def delta_text(metric: float | None, incumbent: float | None) -> str:
     """The signed change from ``incumbent`` to ``metric`` (``+0.0214``), or "" without both."""
     if metric is None or incumbent is None:
         return ""
     return f"{metric - incumbent:+.4f}"
 
 
-def fmt_seconds(seconds: float) -> str:
+def seconds_text(seconds: float) -> str:
     """``4.2 s``, ``3 min 05 s`` or ``1 h 02 min``."""
     if seconds < 60:
         return f"{seconds:.1f} s"
@@ -27,7 +27,7 @@ def fmt_seconds(seconds: float) -> str:
     return f"{hours} h {minutes:02d} min"
 
 
-def fmt_cost(cost: float) -> str:
+def cost_text(cost: float) -> str:
     """Dollars: four places below a dollar (API calls are cheap), cents above."""
     return f"${cost:.4f}" if cost < 1 else f"${cost:,.2f}"
 

@@ -19,7 +19,7 @@ from rich.progress import (
 )
 
 
-def _fmt_metric(event: dict[str, Any], split: str) -> str:
+def _epoch_scores_text(event: dict[str, Any], split: str) -> str:
     """``val_accuracy 0.9312  train_loss 0.214`` from an epoch event."""
     parts = []
     for key, value in event.items():
@@ -104,7 +104,7 @@ class EpochProgress:
             else:
                 self.console.print(what, highlight=False)
         elif kind == "epoch":
-            latest = _fmt_metric(event, self.split)
+            latest = _epoch_scores_text(event, self.split)
             if self._progress is not None and self._task is not None:
                 epoch = event.get("epoch", 0)
                 self._progress.update(

@@ -18,7 +18,7 @@ import pytest
 from PIL import Image
 
 from improve_dsl import cli
-from improve_dsl.display import fmt_delta, fmt_metric
+from improve_dsl.display import delta_text, metric_text
 from improve_dsl.journal import BASELINE, RunDir
 from improve_dsl.refine.live import make_reporter
 from improve_dsl.refine.loop import refine
@@ -119,11 +119,11 @@ def test_baseline_gain_attempts_and_metric_name_match_the_terminal(
     result = real_run.result
     page = write_report(run_dir).html.read_text(encoding="utf-8")
     assert result.start_metric is not None and result.best_metric is not None
-    assert _card(page, "baseline") == f"{fmt_metric(result.start_metric)} validation accuracy"
-    gain = fmt_delta(result.best_metric, result.start_metric)
+    assert _card(page, "baseline") == f"{metric_text(result.start_metric)} validation accuracy"
+    gain = delta_text(result.best_metric, result.start_metric)
     assert gain.startswith("+")
     assert _card(page, "best") == (
-        f"{fmt_metric(result.best_metric)} validation accuracy {gain} gain over baseline"
+        f"{metric_text(result.best_metric)} validation accuracy {gain} gain over baseline"
     )
     # The terminal said "attempts: 1 accepted, 1 invalid": two, the baseline not among them.
     counts = re.search(r"attempts: (.*?);", real_run.terminal)
@@ -132,8 +132,8 @@ def test_baseline_gain_attempts_and_metric_name_match_the_terminal(
     assert _card(page, "attempts") == f"{said} 1 accepted; 1 invalid"
     assert f"total ({said} attempts, 1 accepted)" in _text(page)
     test = _card(page, "test accuracy")
-    assert test.startswith(fmt_metric(result.test_metric))
-    assert page.count(fmt_metric(result.test_metric)) == 1  # never among validation scores
+    assert test.startswith(metric_text(result.test_metric))
+    assert page.count(metric_text(result.test_metric)) == 1  # never among validation scores
     assert "<h2>Validation accuracy per iteration</h2>" in page
 
 
@@ -162,9 +162,8 @@ def test_each_iteration_shows_block_change_delta_why_and_time(run_dir: Path) -> 
     assert section
     text = _text(section.group(1))
     assert "iteration 1: train accepted" in text
-    assert f"({fmt_delta(kept.metric, records[0].metric)} vs {fmt_metric(records[0].metric)})" in (
-        text
-    )
+    baseline = records[0].metric
+    assert f"({delta_text(kept.metric, baseline)} vs {metric_text(baseline)})" in text
     assert "why plain SGD at lr 0.01 barely moves in one epoch: val_loss &lt; train_loss" in text
     assert re.search(r"block chosen because replayed from \S*replay\.jsonl:1 ", text)
     assert re.search(r"time \d+\.\d s \(\d+\.\d s proposing and checking\)", text)
@@ -404,8 +403,8 @@ def test_real_run_report_renders_in_chromium(
     assert Image.open(shot).size == (1200, 2000)
     assert _colours(shot) > 200  # text, badges, diff colours and the plot, not a blank page
     result = real_run.result
-    assert f"baseline {fmt_metric(result.start_metric)} validation accuracy" in text
-    gain = fmt_delta(result.best_metric, result.start_metric)
+    assert f"baseline {metric_text(result.start_metric)} validation accuracy" in text
+    gain = delta_text(result.best_metric, result.start_metric)
     assert f"{gain} gain over baseline" in text
     assert "attempts 2 1 accepted; 1 invalid" in text
     assert "Validation accuracy per iteration" in text

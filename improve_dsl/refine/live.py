@@ -20,7 +20,7 @@ from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeRemaining
 from rich.table import Table
 from rich.text import Text
 
-from ..display import clip_words, fmt_delta, fmt_metric, fmt_seconds, plural
+from ..display import clip_words, delta_text, metric_text, plural, seconds_text
 from ..journal import ATTEMPT_STATUSES, Record
 from .reporting import NullReporter, Reporter, RunInfo, Summary
 
@@ -32,8 +32,8 @@ REASON_SHOWN = ("rejected", "invalid", "failed", "pruned")
 def describe_record(record: Record) -> str:
     """One line for an attempt: ``#3 train accepted 0.9531 (+0.0214) move — rationale``."""
     head = f"#{record.iteration} {record.block} {record.status}"
-    score = fmt_metric(record.metric)
-    delta = fmt_delta(record.metric, record.incumbent_metric)
+    score = metric_text(record.metric)
+    delta = delta_text(record.metric, record.incumbent_metric)
     line = f"{head} {score}" + (f" ({delta})" if delta else "")
     reason = record.extras.get("reason")
     if reason and record.status in REASON_SHOWN:
@@ -58,16 +58,16 @@ class Pace:
         if self.finished == 0 or remaining <= 0:
             return ""
         per_attempt = (time.monotonic() - self.started) / self.finished
-        return f"about {fmt_seconds(per_attempt * remaining)} left"
+        return f"about {seconds_text(per_attempt * remaining)} left"
 
 
 def summary_lines(summary: Summary) -> list[str]:
     """The end-of-run summary as plain lines (also the tail of the rich summary)."""
     lines = [
-        f"{summary.metric_name}: {fmt_metric(summary.start_metric)} → "
-        f"{fmt_metric(summary.best_metric)}"
+        f"{summary.metric_name}: {metric_text(summary.start_metric)} → "
+        f"{metric_text(summary.best_metric)}"
         + (
-            f" ({fmt_delta(summary.best_metric, summary.start_metric)})"
+            f" ({delta_text(summary.best_metric, summary.start_metric)})"
             if summary.start_metric is not None and summary.best_metric is not None
             else ""
         )
@@ -76,7 +76,7 @@ def summary_lines(summary: Summary) -> list[str]:
     if summary.test_metric_name is not None:
         lines.append(
             f"{summary.test_metric_name} (best spec, scored once): "
-            f"{fmt_metric(summary.test_metric)}"
+            f"{metric_text(summary.test_metric)}"
         )
     counts = ", ".join(f"{n} {s}" for s, n in summary.counts.items() if n)
     lines.append(f"attempts: {counts or 'none'}; stopped: {summary.stopped}")
@@ -194,8 +194,8 @@ class RichReporter:
                 str(record.iteration),
                 record.block,
                 Text(record.status, style=STATUS_STYLES[record.status]),
-                fmt_metric(record.metric),
-                fmt_delta(record.metric, record.incumbent_metric),
+                metric_text(record.metric),
+                delta_text(record.metric, record.incumbent_metric),
                 clip_words(note[0], 90) if note else "",
             )
         return table
@@ -280,17 +280,17 @@ class RichReporter:
             table.add_column("")
             table.add_column("split")
             table.add_column(summary.metric_name.removeprefix("val_"))
-            table.add_row("start", "validation", fmt_metric(summary.start_metric))
+            table.add_row("start", "validation", metric_text(summary.start_metric))
             table.add_row(
                 f"best (iteration {summary.best_iteration})",
                 "validation",
-                fmt_metric(summary.best_metric),
+                metric_text(summary.best_metric),
             )
             if summary.test_metric_name is not None:
                 table.add_row(
                     Text("best spec, scored once", style="bold"),
                     Text("test", style="bold"),
-                    Text(fmt_metric(summary.test_metric), style="bold"),
+                    Text(metric_text(summary.test_metric), style="bold"),
                 )
             self.console.print(table)
             for line in summary_lines(summary)[2 if summary.test_metric_name else 1 :]:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import jinja2
 
-from ..display import fmt_cost, fmt_metric, fmt_seconds
+from ..display import cost_text, metric_text, seconds_text
 from ..paths import templates_dir
 from .plot import (
     FIG_DPI,
@@ -78,7 +78,7 @@ def _environment() -> jinja2.Environment:
         lstrip_blocks=True,
     )
     env.filters.update(
-        metric=fmt_metric, seconds=fmt_seconds, cost=fmt_cost, signed="{:+.4f}".format
+        metric=metric_text, seconds=seconds_text, cost=cost_text, signed="{:+.4f}".format
     )
     env.globals.update(
         colour=lambda kind: KIND_COLOURS.get(kind, OTHER_COLOUR),
