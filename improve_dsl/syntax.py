@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import functools
+import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Union, overload
+from typing import Literal, Union, overload
 
 import lark
 from lark import Lark, Token, Transformer, v_args
@@ -232,44 +235,34 @@ def parse(source: str, path: str = "<spec>") -> SpecAST:
     """Parse .imp text into an AST, or raise a DiagnosticError with a located message."""
     nul = source.find("\0")
     if nul >= 0:
-        line = source.count("\n", 0, nul) + 1
-        column = nul - (source.rfind("\n", 0, nul) + 1) + 1
-        raise DiagnosticError(
-            [Diagnostic(path, Span(line, column), "NUL character in the spec")], source
-        )
+        where = Span(*_line_column(source, nul))
+        raise DiagnosticError([Diagnostic(path, where, "NUL character in the spec")], source)
     too_deep = _too_deep(source, path)
     if too_deep is not None:
         raise DiagnosticError([too_deep], source)
-    comments: list[Comment] = []
     try:
         tree = _parser().parse(source)
     except lark.exceptions.UnexpectedInput as exc:
         raise DiagnosticError([_syntax_diagnostic(exc, source, path)], source) from None
     blocks: tuple[Block, ...] = _Shape().transform(tree)  # type: ignore[assignment]
-    comments = _comments(source)
-    return SpecAST(path, source, blocks, tuple(comments))
+    return SpecAST(path, source, blocks, _comments(source))
 
 
-def _comments(source: str) -> list[Comment]:
-    """Every ``#`` comment outside a string, with its position."""
+def _line_column(source: str, offset: int) -> tuple[int, int]:
+    """The line and column of ``offset`` as the parser counts them (lines end at '\\n')."""
+    return source.count("\n", 0, offset) + 1, offset - (source.rfind("\n", 0, offset) + 1) + 1
+
+
+def _comments(source: str) -> tuple[Comment, ...]:
+    """Every ``#`` comment (outside a string), with its position."""
+    starts = [0, *(match.end() for match in re.finditer("\n", source))]
     found: list[Comment] = []
-    for index, line in enumerate(source.splitlines(), start=1):
-        in_string = False
-        escaped = False
-        for col, ch in enumerate(line):
-            if in_string:
-                if escaped:
-                    escaped = False
-                elif ch == "\\":
-                    escaped = True
-                elif ch == '"':
-                    in_string = False
-            elif ch == '"':
-                in_string = True
-            elif ch == "#":
-                found.append(Comment(line[col:].rstrip(), index, col + 1))
-                break
-    return found
+    for stretch in strings_and_comments(source):
+        if stretch.kind == "comment":
+            line = bisect.bisect_right(starts, stretch.start)
+            text = source[stretch.start : stretch.end].rstrip()
+            found.append(Comment(text, line, stretch.start - starts[line - 1] + 1))
+    return tuple(found)
 
 
 def tokens(source: str) -> list[Token]:
@@ -280,6 +273,59 @@ def tokens(source: str) -> list[Token]:
         for token in _parser().lex(source):  # one by one: those before a bad one are kept
             found.append(token)
     return found
+
+
+# ---------------------------------------------------------------- Strings and comments
+
+
+@dataclass(frozen=True)
+class Stretch:
+    """A string literal or a comment, ``text[start:end]``: no bracket or ``#`` in it is code.
+    An ``unterminated`` string (one the grammar cannot close) runs to the end of its line."""
+
+    kind: Literal["string", "comment", "unterminated"]
+    start: int
+    end: int
+
+
+@functools.lru_cache(maxsize=1)
+def _stretch_pattern() -> re.Pattern[str]:
+    # The grammar's own STRING and COMMENT terminals, read from the parser, not restated;
+    # neither a name nor a number can hold a '"' or a '#', so the first of either outside a
+    # stretch starts the next one.
+    terminal = {n: _parser().get_terminal(n).pattern.to_regexp() for n in ("STRING", "COMMENT")}
+    return re.compile(
+        f"(?P<string>{terminal['STRING']})|(?P<comment>{terminal['COMMENT']})"
+        '|(?P<unterminated>"[^\\n]*)'
+    )
+
+
+def _stretch(match: re.Match[str]) -> Stretch:
+    return Stretch(match.lastgroup, match.start(), match.end())  # type: ignore[arg-type]
+
+
+def strings_and_comments(text: str, start: int = 0) -> Iterator[Stretch]:
+    """Every string literal and comment from offset ``start`` on, in order, as the
+    grammar's lexer reads them (also in text it would refuse)."""
+    return map(_stretch, _stretch_pattern().finditer(text, start))
+
+
+def stretch_at(text: str, offset: int) -> Stretch | None:
+    """The string or comment starting at ``offset``, if one does."""
+    match = _stretch_pattern().match(text, offset)
+    return _stretch(match) if match is not None else None
+
+
+def code_offsets(text: str, chars: str, start: int = 0) -> Iterator[int]:
+    """Offsets of each of ``chars`` from ``start`` on, outside strings and comments."""
+    wanted = re.compile(f"[{re.escape(chars)}]")
+    position = start
+    for stretch in strings_and_comments(text, start):
+        for match in wanted.finditer(text, position, stretch.start):
+            yield match.start()
+        position = stretch.end
+    for match in wanted.finditer(text, position):
+        yield match.start()
 
 
 # ---------------------------------------------------------------- Syntax errors
@@ -293,36 +339,19 @@ def _too_deep(source: str, path: str) -> Diagnostic | None:
     """A diagnostic at the first '[' or '(' nested deeper than ``MAX_NESTING``, if any."""
     if source.count("[") + source.count("(") <= MAX_NESTING:
         return None  # the common case, without a scan
-    depth, line, column = 0, 1, 0
-    in_string = in_comment = escaped = False
-    for ch in source:
-        column += 1
-        if ch == "\n":
-            line, column, in_comment, in_string = line + 1, 0, False, False
-        elif in_comment:
-            continue
-        elif in_string:
-            if escaped:
-                escaped = False
-            elif ch == "\\":
-                escaped = True
-            elif ch == '"':
-                in_string = False
-        elif ch == '"':
-            in_string = True
-        elif ch == "#":
-            in_comment = True
-        elif ch in "[(":
-            depth += 1
-            if depth > MAX_NESTING:
-                return Diagnostic(
-                    path,
-                    Span(line, column),
-                    f"lists and calls nested more than {MAX_NESTING} deep",
-                    hint="a spec needs only a few levels; is a closing bracket missing?",
-                )
-        elif ch in "])":
+    depth = 0
+    for offset in code_offsets(source, "[]()"):
+        if source[offset] in "])":
             depth = max(0, depth - 1)
+            continue
+        depth += 1
+        if depth > MAX_NESTING:
+            return Diagnostic(
+                path,
+                Span(*_line_column(source, offset)),
+                f"lists and calls nested more than {MAX_NESTING} deep",
+                hint="a spec needs only a few levels; is a closing bracket missing?",
+            )
     return None
 
 
