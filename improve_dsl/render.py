@@ -134,6 +134,10 @@ class ScriptContext:
     augment_templates: tuple[str, ...]
     augment_calls: tuple[OpCall, ...]
     mixes_labels: bool
+    # Whether --augment per-epoch can augment the whole training split once per epoch: the
+    # spec has augment ops and none of them mixes labels (soft targets belong to a batch).
+    augments_split: bool
+    autocasts: bool  # the spec's precision may train under autocast (--batchnorm-fp32 applies)
     optimizer_template: str
     schedule_template: str
     schedule_arguments: tuple[str, ...] | None  # lr_factor's after `step`; None: no scheduler
@@ -215,7 +219,7 @@ _IMPORTS = (
     Import("traceback"),
     Import("warnings"),
     Import("collections.abc", ("Callable", "Iterator")),
-    Import("dataclasses", ("dataclass",)),
+    Import("dataclasses", ("dataclass", "replace")),
     Import("pathlib", ("Path",)),
     Import("typing", ("Any", "cast")),
     Import("numpy", alias="np"),
@@ -400,6 +404,9 @@ def _context(spec: Spec, imports: tuple[Import, ...]) -> ScriptContext:
             OpCall(op.name, tuple(op.params.items()), _mixes_labels(op)) for op in spec.augment.ops
         ),
         mixes_labels=any(_mixes_labels(op) for op in spec.augment.ops),
+        augments_split=bool(spec.augment.ops)
+        and not any(_mixes_labels(op) for op in spec.augment.ops),
+        autocasts=spec.train.precision != "fp32",
         optimizer_template=_template("optimizer", spec.train.optimizer),
         schedule_template=_template("schedule", spec.train.schedule),
         schedule_arguments=_schedule_arguments(_template("schedule", spec.train.schedule)),
