@@ -105,23 +105,10 @@ class _Piece:
 def _closing_brace(text: str, opening: int) -> int | None:
     """Offset of the ``}`` matching the ``{`` at ``opening`` (strings and comments skipped)."""
     depth = 0
-    i = opening
-    while i < len(text):
-        ch = text[i]
-        if ch == '"':
-            i += 1
-            while i < len(text) and text[i] not in '"\n':
-                i += 2 if text[i] == "\\" else 1
-        elif ch == "#":
-            while i < len(text) and text[i] != "\n":
-                i += 1
-        elif ch == "{":
-            depth += 1
-        elif ch == "}":
-            depth -= 1
-            if depth == 0:
-                return i
-        i += 1
+    for offset in syntax.code_offsets(text, "{}", opening):
+        depth += 1 if text[offset] == "{" else -1
+        if depth == 0:
+            return offset
     return None
 
 
@@ -133,11 +120,10 @@ def _pieces(text: str) -> list[_Piece]:
         if text[i].isspace():
             i += 1
             continue
-        if text[i] == "#":
-            end = text.find("\n", i)
-            end = len(text) if end < 0 else end
-            pieces.append(_Piece("comment", i, end))
-            i = end
+        comment = syntax.stretch_at(text, i)
+        if comment is not None and comment.kind == "comment":
+            pieces.append(_Piece("comment", i, comment.end))
+            i = comment.end
             continue
         header = _HEADER.match(text, i)
         if header is not None:
