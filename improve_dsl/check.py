@@ -14,9 +14,9 @@ import types
 from dataclasses import dataclass
 from pathlib import Path
 
+from .dataset_profile import ProfileError, input_shape, missing_folder
 from .diagnostics import Diagnostic, DiagnosticError, Span
 from .ir import Spec
-from .profile import ProfileError, input_shape, missing_folder
 from .syntax import Call, SpecAST, String
 
 _MODULE_NAME = "improve_checked_script"

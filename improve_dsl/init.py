@@ -20,9 +20,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import fmt, registry
+from .dataset_profile import IMAGE_EXTENSIONS, DatasetProfile, ProfileError, profile_dataset
 from .diagnostics import DiagnosticError, did_you_mean
 from .ir import Op
-from .profile import IMAGE_EXTENSIONS, DatasetProfile, ProfileError, profile_dataset
 from .registry import ParamValue
 
 BUILTINS = registry.BUILTIN_DATASETS

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from improve_dsl.dataset_profile import DatasetProfile, ProfileError, input_shape, profile_dataset
 from improve_dsl.ir import Op
-from improve_dsl.profile import DatasetProfile, ProfileError, input_shape, profile_dataset
 from improve_dsl.render import render_script
 from improve_dsl.validate import load_text
 
@@ -55,7 +55,7 @@ def test_builtin_input_shapes(name: str, shape: tuple[int, int, int, int]) -> No
 
 
 def test_the_profile_module_does_not_import_torch() -> None:
-    code = "import sys, improve_dsl.profile; print('torch' in sys.modules)"
+    code = "import sys, improve_dsl.dataset_profile; print('torch' in sys.modules)"
     out = subprocess.run(
         [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True
     )

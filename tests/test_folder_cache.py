@@ -25,9 +25,9 @@ from PIL import Image
 from rich.console import Console
 from test_training import Run, spec_text, write_script
 
+from improve_dsl.dataset_profile import profile_dataset
 from improve_dsl.folder_memory import FolderMemory, human_bytes
 from improve_dsl.ir import Op
-from improve_dsl.profile import profile_dataset
 from improve_dsl.progress import EpochProgress
 
 CLASSES = ("red", "green", "blue")

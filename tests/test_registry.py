@@ -18,10 +18,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from improve_dsl import cli, docs, fmt, init, journal, registry, report
+from improve_dsl.dataset_profile import input_shape, profile_dataset
 from improve_dsl.grammar_export import block_grammar
 from improve_dsl.ir import Op
 from improve_dsl.paths import templates_dir
-from improve_dsl.profile import input_shape, profile_dataset
 from improve_dsl.refine import live
 from improve_dsl.refine.experts.llm import prompts
 from improve_dsl.render import _layer_shapes, render_script

@@ -102,7 +102,7 @@ class Proposer:
         if self._profile is None:
             self._profile = ""
             with contextlib.suppress(Exception):  # a profile only helps; never fatal
-                from ..profile import profile_dataset
+                from ..dataset_profile import profile_dataset
 
                 spec = validate.load_text(self.start_text, str(self.spec_path))
                 self._profile = str(profile_dataset(spec.data.source).describe())
