@@ -234,7 +234,7 @@ def _comment(text: str) -> list[str]:
     return lines
 
 
-def render(choices: Choices, profile: DatasetProfile, data: str, source: Op) -> str:
+def compose_spec(choices: Choices, profile: DatasetProfile, data: str, source: Op) -> str:
     """The spec text, in canonical layout."""
     lines = _comment(f"Starting spec written by `improve init --data {shlex.quote(data)}`.")
     lines += _comment(profile.describe())
@@ -300,7 +300,7 @@ def spec_text(data: str, spec_folder: Path | None = None) -> str:
             written = os.path.relpath(Path(root).resolve(), spec_folder.resolve())
             source = _op("source", "image_folder", {**source.params, "root": written})
     choices = choose(profile, source, pipeline_name(data))
-    return render(choices, profile, data, source)
+    return compose_spec(choices, profile, data, source)
 
 
 def write_spec(data: str, output: Path, *, force: bool = False) -> str:
