@@ -10,19 +10,24 @@ timed-out case never stops the next, and cases left when the budget runs out say
 1. setup: torch and the GPU; Fashion-MNIST found in --data (the carried .gz files);
 2. throughput: bench/throughput.py, the compiled script against bench/torchvision_baseline.py
    (same ResNet-8, recipe and images) for specs/fashion_mnist.imp, fp32 and bf16, compile off;
-3. time_to_accuracy: specs/fashion_mnist_airbench.imp trained with --split test at each epoch
+3. step_choices: specs/fashion_mnist.imp in bf16, graphed, with each step choice the
+   scripts leave off until this measures them: the whole training split augmented once per
+   epoch (--augment per-epoch) rather than each batch inside the step, and batch norm on
+   fp32 inputs (--batchnorm-fp32) rather than bf16; images/s beside the defaults' (the
+   ratio) and validation accuracy (a sanity check on 2 epochs, not a quality claim);
+4. time_to_accuracy: specs/fashion_mnist_airbench.imp trained with --split test at each epoch
    budget, 3 seeds; the time to 93% and to 94% test accuracy is the training seconds (data
    loading and the untimed warm-up excluded, as airbench does; the warm-up is quoted beside
    it) of the smallest budget whose mean reaches it;
-4. refine: `improve refine specs/fashion_mnist.imp --expert heuristic --iters 3`, the full
+5. refine: `improve refine specs/fashion_mnist.imp --expert heuristic --iters 3`, the full
    spec: wall time (the target is 60 s), best validation accuracy, the once-only test accuracy;
-5. fork_server: a short refinement with the fork server forced on and off, and with
+6. fork_server: a short refinement with the fork server forced on and off, and with
    --parallel 2 (no final test run: start-up is what differs): whether every run succeeds
    (safe) and the wall time (faster);
-6. cifar_throughput: the compiled specs/cifar10.imp (airbench-style net) on a CIFAR-sized
+7. cifar_throughput: the compiled specs/cifar10.imp (airbench-style net) on a CIFAR-sized
    synthetic dataset (3x32x32, 10 classes whose colour tells them apart, in CIFAR-10's pickle
    format), fp32 and bf16, compile off;
-7. compile_on: the throughput and CIFAR cases with torch.compile on, last, as a cold inductor
+8. compile_on: the throughput and CIFAR cases with torch.compile on, last, as a cold inductor
    build may take more than a minute; each within its own timeout.
 
 Each figure keeps steady-state training (`seconds`, `images_per_second`), the untimed warm-up
@@ -92,10 +97,12 @@ class Sizes:
     timeouts: dict[str, float] = field(default_factory=dict)
 
 
-# On the GPU the whole run fits 8 minutes: compile-off throughput ~60 s, time to accuracy
-# ~90 s, refine <= 150 s, fork server ~120 s, CIFAR ~40 s; compile-on gets what is left.
+# On the GPU the whole run fits 8 minutes: compile-off throughput ~60 s, step choices ~40 s,
+# time to accuracy ~90 s, refine <= 150 s, fork server ~120 s, CIFAR ~40 s; compile-on gets
+# what is left.
 GPU_TIMEOUTS = {
     "throughput": 90.0,
+    "step_choices": 30.0,  # one training run
     "time_to_accuracy": 45.0,  # one training run
     "refine": 150.0,
     "fork_server": 75.0,
@@ -302,6 +309,59 @@ def throughput(bench: Bench) -> None:
             case_name(precision, False),
             lambda p=precision: throughput_case(bench, p, False),  # type: ignore[misc]
         )
+
+
+# The step choices measured against the defaults (per-batch augment, batch norm in bf16).
+STEP_CHOICES = {
+    "defaults": (),
+    "augment per-epoch": ("--augment", "per-epoch"),
+    "batchnorm fp32": ("--batchnorm-fp32",),
+    "augment per-epoch, batchnorm fp32": ("--augment", "per-epoch", "--batchnorm-fp32"),
+}
+
+
+def choice_case(bench: Bench, flags: tuple[str, ...]) -> dict[str, Any]:
+    sizes = bench.sizes
+    script = bench.work / "choices_train.py"
+    if not script.exists():
+        spec = spec_variant(
+            REPO / "specs" / "fashion_mnist.imp",
+            bench.work / "choices.imp",
+            source=fashion_source(sizes.throughput_subset) + "  # locked",
+            epochs=str(sizes.throughput_epochs),
+            precision="bf16",
+            **small_arch(sizes, "resnet"),
+        )
+        bench.run(
+            [sys.executable, "-m", "improve_dsl.cli", "compile", str(spec), "-o", str(script)]
+        )
+    proc = bench.run([sys.executable, str(script), "--device", sizes.device, *flags])
+    found = events(proc.stdout)
+    warmup, result = next(e for e in found if e["event"] == "warmup"), found[-1]
+    return {
+        "images_per_second": result["images_per_second"],
+        "val_accuracy": result["val_accuracy"],
+        # What the script says it did: a choice it could not make falls back, with a warning.
+        "cuda_graph": warmup["cuda_graph"],
+        "augment": warmup["augment"],
+        "batchnorm_fp32": warmup["batchnorm_fp32"],
+        **timings(result),
+    }
+
+
+def step_choices(bench: Bench) -> None:
+    for name, flags in STEP_CHOICES.items():
+        bench.case(
+            "step_choices",
+            name,
+            lambda f=flags: choice_case(bench, f),  # type: ignore[misc]
+        )
+    cases = bench.results.get("step_choices", {})
+    base = cases.get("defaults", {}).get("images_per_second")
+    for case in cases.values():
+        if base and "images_per_second" in case:
+            case["ratio_to_defaults"] = case["images_per_second"] / base
+    bench.save()
 
 
 def write_synthetic_cifar(folder: Path, count: int) -> None:
@@ -560,6 +620,7 @@ def fork_server(bench: Bench) -> None:
 # Most important first: what is left when the budget runs out is the least missed.
 STEPS: tuple[tuple[str, Callable[[Bench], None]], ...] = (
     ("throughput", throughput),
+    ("step_choices", step_choices),
     ("time_to_accuracy", time_to_accuracy),
     ("refine", refine),
     ("fork_server", fork_server),
@@ -596,6 +657,11 @@ def figure(step: str, case: str, r: dict[str, Any]) -> str:
             f"{r['compiled_images_per_second']:,.0f} vs {r['baseline_images_per_second']:,.0f}"
             f" images/s ({r['ratio']:.2f}x), accuracy {r['test_accuracy_delta_points']:+.2f}"
             f" points; compiled script {apart(r['compiled'])}"
+        )
+    if "ratio_to_defaults" in r:
+        return (
+            f"{r['images_per_second']:,.0f} images/s ({r['ratio_to_defaults']:.2f}x the "
+            f"defaults), val {r['val_accuracy']:.4f}, graphed {r['cuda_graph']}; {apart(r)}"
         )
     if "images_per_second" in r:
         return f"{r['images_per_second']:,.0f} images/s; {apart(r)}"

@@ -80,6 +80,17 @@ def test_the_gpu_bench_dry_run_produces_every_figure_from_carried_data(tmp_path:
         assert figures["compiled"]["train_seconds"] > 0
         assert set(figures["compiled"]) == {"train_seconds", "warmup_seconds", "wall_seconds"}
         assert results["cifar_throughput"][case]["images_per_second"] > 0
+    choices = results["step_choices"]
+    assert list(choices) == [
+        "defaults",
+        "augment per-epoch",
+        "batchnorm fp32",
+        "augment per-epoch, batchnorm fp32",
+    ]
+    assert choices["defaults"]["ratio_to_defaults"] == 1.0
+    assert [c["augment"] for c in choices.values()] == ["per-batch", "per-epoch"] * 2
+    assert [c["batchnorm_fp32"] > 0 for c in choices.values()] == [False, False, True, True]
+    assert all(0 < c["val_accuracy"] <= 1 for c in choices.values())
     assert "compile_on" not in results  # the dry run never compiles
     (budget,) = results["time_to_accuracy"]["budgets"].values()
     assert 0 < budget["mean_test_accuracy"] <= 1 and budget["mean_train_seconds"] > 0
@@ -93,6 +104,7 @@ def test_the_gpu_bench_dry_run_produces_every_figure_from_carried_data(tmp_path:
     assert all(case["safe"] for case in forks.values())
     assert list(results)[2:] == [
         "throughput",
+        "step_choices",
         "time_to_accuracy",
         "refine",
         "fork_server",
