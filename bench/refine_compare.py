@@ -115,7 +115,7 @@ def run_optuna_arm(arm: str, spec: Path, seed: int, args: argparse.Namespace) ->
     from improve_dsl.executors import TrainJob, make_executor
     from improve_dsl.refine import reply
     from improve_dsl.refine.experts.heuristic.recipes import data_info
-    from improve_dsl.refine.state import compile_script
+    from improve_dsl.refine.scripts import compile_script
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     start_text = spec.read_text(encoding="utf-8")

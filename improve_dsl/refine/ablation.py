@@ -31,10 +31,11 @@ from ..diagnostics import DiagnosticError
 from ..executors import Executor
 from ..journal import ResultCache, RunDir, atomic_write_json, atomic_write_text, runs_root
 from . import reply
+from .candidates import Candidate, Incumbent
 from .experts.heuristic.expert import apply_changes
 from .memory import move_identity
 from .reporting import NullReporter, Reporter
-from .state import Candidate, Incumbent, compile_script
+from .scripts import compile_script
 
 ABLATION_JSON = "ablation.json"
 ABLATION_MD = "ablation.md"

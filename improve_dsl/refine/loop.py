@@ -34,6 +34,7 @@ from .. import registry, validate
 from ..evidence import Store
 from ..executors import Executor, make_executor
 from ..journal import BASELINE, Record, ResultCache, runs_root, sha256_text
+from .candidates import Candidate, Incumbent
 from .decide import Contender, Outcome, SeedResult, decide_round, last_score, mean_or_none
 from .experts.base import Attempt, ExpertError
 from .memory import Memory
@@ -42,8 +43,8 @@ from .proposing import Budget, Proposer
 from .publishing import Publisher
 from .reporting import NullReporter, Reporter, RunInfo
 from .resuming import Session, rebuild_incumbent, resume, start
+from .scripts import compile_script
 from .select import Choice
-from .state import Candidate, Incumbent, compile_script
 from .trials import Trials
 
 

@@ -17,12 +17,13 @@ from pathlib import Path
 from .. import registry, validate
 from ..diagnostics import DiagnosticError
 from ..journal import ResultCache
+from .candidates import Candidate, Incumbent
 from .experts.base import Attempt, Context, Expert, ExpertError, NoMoreMoves, Proposal
 from .memory import Priors
 from .reply import EditError, apply_edit, ask_for, feedback_for
 from .reporting import Reporter
+from .scripts import compile_script
 from .select import Choice, choose_block
-from .state import Candidate, Incumbent, compile_script
 
 MAX_RETRIES = 3  # refused replies fed back before an attempt counts as invalid
 

@@ -19,12 +19,12 @@ from typing import Any
 from .. import validate
 from ..journal import JournalError, Record, RunDir, new_run_id, runs_root, sha256_text
 from ..syntax import read_spec_text
+from .candidates import Incumbent
 from .experts import make_expert
 from .experts.base import Expert, ExpertError
 from .gitlog import GitError, git_root, uncommitted_change
 from .options import RefineError, RefineOptions
 from .reporting import Reporter
-from .state import Incumbent
 
 STATE_VERSION = 1
 

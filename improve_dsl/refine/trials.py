@@ -20,9 +20,10 @@ from .. import validate
 from ..executors import Executor, JobHandle, TrainJob
 from ..journal import ResultCache, RunDir, atomic_write_json, atomic_write_text, sha256_text
 from ..run import RunResult
+from .candidates import Candidate, Incumbent, SeedRun
 from .decide import should_prune
 from .reporting import Reporter
-from .state import Candidate, Incumbent, SeedRun, compile_script
+from .scripts import compile_script
 
 
 @dataclass(frozen=True)

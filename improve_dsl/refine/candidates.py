@@ -1,5 +1,4 @@
-"""The refine loop's pieces of state: a seed's run, the incumbent, a candidate; and the
-helpers that turn spec text into a diff and a checked training script."""
+"""What refinement holds of its attempts: a seed's run, the incumbent, a candidate."""
 
 from __future__ import annotations
 
@@ -7,10 +6,9 @@ import difflib
 import statistics
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-from ..journal import PENDING, Record, ResultCache, sha256_text
+from ..journal import PENDING, Record, sha256_text
 from ..run import RunResult
 from .decide import Measurement, Verdict, mean_or_none, measurement
 from .experts.base import Attempt, Proposal
@@ -234,7 +232,7 @@ class Candidate:
             metric=metric,
             incumbent_metric=incumbent.metric,
             spec_sha256=sha256_text(text) if text else "",
-            diff=unified_diff(incumbent.text, text, self.iteration) if text else "",
+            diff=_diff_from_incumbent(incumbent.text, text, self.iteration) if text else "",
             rationale=proposal.rationale if proposal else "",
             expert=expert,
             tokens=self.tokens,
@@ -257,7 +255,8 @@ class Candidate:
         )
 
 
-def unified_diff(before: str, after: str, iteration: int) -> str:
+def _diff_from_incumbent(before: str, after: str, iteration: int) -> str:
+    """The journal's diff of an attempt: the incumbent's text against the candidate's."""
     return "".join(
         difflib.unified_diff(
             before.splitlines(keepends=True),
@@ -266,21 +265,3 @@ def unified_diff(before: str, after: str, iteration: int) -> str:
             tofile=f"iteration {iteration}",
         )
     )
-
-
-def compile_script(text: str, path: str, cache: ResultCache | None = None) -> str:
-    """The training script of a spec, after the compile-time checks.
-
-    With a cache, a spec text compiled before (same compiler fingerprint) is not compiled
-    again: a repeated proposal then costs a file read, not a render and a model check."""
-    from ..compiler import compile_spec
-    from ..paths import compiler_fingerprint as fingerprint
-
-    if cache is not None:
-        known = cache.script(text, path, fingerprint())
-        if known is not None:
-            return known
-    script = str(compile_spec(Path(path), text=text, check_shapes=True).script)
-    if cache is not None:
-        cache.put_script(text, path, fingerprint(), script)
-    return script
