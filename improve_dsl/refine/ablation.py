@@ -245,7 +245,9 @@ def ablate(
                 return known
         number = len(variants)
         script = compile_script(text, spec_path, cache)
-        candidate = Candidate(number, (), "ablation", text, script, None, None, 0, 0.0, 0.0, 0)
+        candidate = Candidate.without_proposal(
+            iteration=number, label="ablation", text=text, script=script
+        )
         variants.append(candidate)
         return candidate
 
@@ -283,7 +285,7 @@ def ablate(
     for candidate in variants:
         trials.write_candidate(candidate)
     reporter.message(f"training {len(variants)} specs × {seeds} seeds (cached runs are reused)")
-    nobody = Incumbent(0, best, None, [], [])
+    nobody = Incumbent(iteration=0, text=best, metric=None, metrics=[], curves=[])
     trials.train(variants, nobody, prune=False)
 
     eval_size = max((r.eval_size for c in variants for r in c.runs), default=0)

@@ -15,7 +15,7 @@ from .experts.base import Attempt, Proposal
 from .select import Choice
 
 
-@dataclass
+@dataclass(kw_only=True)
 class SeedRun:
     """One seed's training run of a candidate (or its cached result)."""
 
@@ -35,16 +35,15 @@ class SeedRun:
         eval_size = (result.start or {}).get("eval_size")
         device = (result.start or {}).get("device")
         return cls(
-            seed,
-            result.status,
-            result.metric,
-            list(result.history),
-            result.reason,
-            result.seconds,
-            False,
-            batch_size,
-            eval_size if isinstance(eval_size, int) else 0,
-            device if isinstance(device, str) else "",
+            seed=seed,
+            status=result.status,
+            metric=result.metric,
+            history=list(result.history),
+            reason=result.reason,
+            seconds=result.seconds,
+            batch_size=batch_size,
+            eval_size=eval_size if isinstance(eval_size, int) else 0,
+            device=device if isinstance(device, str) else "",
         )
 
     @classmethod
@@ -52,12 +51,12 @@ class SeedRun:
         """A run read back from the results cache (what ``to_cache`` stored)."""
         eval_size, device = hit.get("eval_size"), hit.get("device")
         return cls(
-            seed,
-            str(hit.get("status")),
-            hit.get("metric"),
-            list(hit.get("history") or []),
-            hit.get("reason"),
-            float(hit.get("seconds") or 0.0),
+            seed=seed,
+            status=str(hit.get("status")),
+            metric=hit.get("metric"),
+            history=list(hit.get("history") or []),
+            reason=hit.get("reason"),
+            seconds=float(hit.get("seconds") or 0.0),
             cached=True,
             eval_size=eval_size if isinstance(eval_size, int) else 0,
             device=device if isinstance(device, str) else "",
@@ -75,7 +74,7 @@ class SeedRun:
         }
 
 
-@dataclass
+@dataclass(kw_only=True)
 class Incumbent:
     """The best spec so far and its scores."""
 
@@ -93,13 +92,13 @@ class Incumbent:
         runs = candidate.runs
         ok = [r for r in runs if r.status == "ok"]
         return cls(
-            iteration,
-            text,
-            mean_or_none([r.metric for r in ok if r.metric is not None]),
-            [r.metric for r in runs],
-            runs[0].history if runs else [],
-            max((r.eval_size for r in ok), default=0),
-            sum(r.seconds for r in ok) / len(ok) if ok else 0.0,
+            iteration=iteration,
+            text=text,
+            metric=mean_or_none([r.metric for r in ok if r.metric is not None]),
+            metrics=[r.metric for r in runs],
+            curves=runs[0].history if runs else [],
+            eval_size=max((r.eval_size for r in ok), default=0),
+            seconds=sum(r.seconds for r in ok) / len(ok) if ok else 0.0,
         )
 
     def measurement(self, metric_key: str) -> Measurement | None:
@@ -121,7 +120,7 @@ class Incumbent:
         return points
 
 
-@dataclass
+@dataclass(kw_only=True)
 class Candidate:
     """A checked proposal waiting to be trained (or an invalid one waiting to be recorded)."""
 
@@ -141,6 +140,23 @@ class Candidate:
     runs: list[SeedRun] = field(default_factory=list)
     run_seconds: float = 0.0
     pruned_at: int | None = None
+
+    @classmethod
+    def without_proposal(cls, *, iteration: int, label: str, text: str, script: str) -> Candidate:
+        """A spec trained as it is, asked of no expert: the baseline, an ablation's variant."""
+        return cls(
+            iteration=iteration,
+            blocks=(),
+            label=label,
+            text=text,
+            script=script,
+            proposal=None,
+            choice=None,
+            tokens=0,
+            cost_usd=0.0,
+            propose_seconds=0.0,
+            retries=0,
+        )
 
     @property
     def valid(self) -> bool:
@@ -244,14 +260,14 @@ class Candidate:
     def attempt(self, incumbent_metric: float | None) -> Attempt:
         """As the expert sees it while it is still running."""
         return Attempt(
-            self.iteration,
-            self.label,
-            PENDING,
-            None,
-            incumbent_metric,
-            "",
-            self.proposal.rationale if self.proposal else "",
-            self.proposal.move if self.proposal else "",
+            iteration=self.iteration,
+            block=self.label,
+            status=PENDING,
+            metric=None,
+            incumbent_metric=incumbent_metric,
+            diff="",
+            rationale=self.proposal.rationale if self.proposal else "",
+            move=self.proposal.move if self.proposal else "",
         )
 
 

@@ -239,7 +239,9 @@ class Refiner:
         self.reporter.attempt_started(0, BASELINE, "—", "scoring the starting spec")
         started = time.monotonic()
         script = compile_script(self.start_text, str(self.spec_path), self.cache)
-        candidate = Candidate(0, (), BASELINE, self.start_text, script, None, None, 0, 0.0, 0.0, 0)
+        candidate = Candidate.without_proposal(
+            iteration=0, label=BASELINE, text=self.start_text, script=script
+        )
         self.trials.write_candidate(candidate)
         self.trials.train([candidate], self.incumbent, prune=False)
         runs = candidate.runs

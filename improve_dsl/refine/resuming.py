@@ -144,7 +144,7 @@ def _expert(options: RefineOptions, reporter: Reporter) -> Expert:
 
 def rebuild_incumbent(run: RunDir, records: Sequence[Record], start_text: str) -> Incumbent:
     """The incumbent after the recorded attempts: the last accepted one, else the start."""
-    best = Incumbent(0, start_text, None, [], [])
+    best = Incumbent(iteration=0, text=start_text, metric=None, metrics=[], curves=[])
     for record in records:
         if record.status != "accepted":
             continue
@@ -160,13 +160,13 @@ def rebuild_incumbent(run: RunDir, records: Sequence[Record], start_text: str) -
         ]
         eval_size = record.extras.get("eval_size")
         best = Incumbent(
-            record.iteration,
-            text,
-            record.metric,
-            metrics,
-            read_curves(folder),
-            eval_size if isinstance(eval_size, int) else 0,
-            float(record.extras.get("train_seconds") or 0.0),
+            iteration=record.iteration,
+            text=text,
+            metric=record.metric,
+            metrics=metrics,
+            curves=read_curves(folder),
+            eval_size=eval_size if isinstance(eval_size, int) else 0,
+            seconds=float(record.extras.get("train_seconds") or 0.0),
         )
     return best
 
