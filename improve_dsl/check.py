@@ -70,13 +70,13 @@ def check_model(spec: Spec, ast: SpecAST, script: str) -> ModelReport:
     try:
         try:
             with torch.device("meta"):
-                model = build(channels, num_classes, height)
+                model = build((channels, height, width), num_classes)
         except NotImplementedError as exc:
             if "meta" not in str(exc):
                 raise
             # A few torchvision builders (RegNet) compute their widths with tensors, which
             # the meta device cannot read back: build those for real and drop the storage.
-            model = build(channels, num_classes, height).to("meta")
+            model = build((channels, height, width), num_classes).to("meta")
         model.eval()  # batch norm in training mode refuses a batch of one 1x1 map
         with torch.no_grad(), FlopCounterMode(display=False) as counter:
             output = model(torch.zeros(1, channels, height, width, device="meta"))

@@ -11,6 +11,7 @@ extra) or TorchScript, each carrying the same class names, input size and normal
 from __future__ import annotations
 
 import importlib.util
+import inspect
 import json
 import sys
 import warnings
@@ -118,7 +119,7 @@ def load_run(run_dir: Path) -> LoadedModel:
         raise PredictError(f"{weights} is not a model saved by improve ({exc!s})") from None
     module = _import_script(script)
     try:
-        model: torch.nn.Module = module.build_model(channels, len(class_names), height)
+        model: torch.nn.Module = _build_model(module, (channels, height, width), len(class_names))
         # A compiled model's weights are saved under ``_orig_mod.``; the plain module has none.
         cleaned = {k.removeprefix("_orig_mod."): v for k, v in state_dict.items()}
         model.load_state_dict(cleaned)
@@ -128,6 +129,15 @@ def load_run(run_dir: Path) -> LoadedModel:
         ) from None
     model.eval()
     return LoadedModel(model, class_names, channels, height, width, mean, std)
+
+
+def _build_model(module: Any, input_size: tuple[int, int, int], num_classes: int) -> Any:
+    """The script's model: ``build_model(input_size, num_classes)``, or, in a script compiled
+    before Dec 2026, ``build_model(in_channels, num_classes, image_size)``."""
+    parameters = list(inspect.signature(module.build_model).parameters)
+    if parameters[:1] == ["in_channels"]:
+        return module.build_model(input_size[0], num_classes, input_size[1])
+    return module.build_model(input_size, num_classes)
 
 
 def _flat(value: Any) -> list[Any]:

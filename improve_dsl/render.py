@@ -31,10 +31,18 @@ from .code_literals import (
 )
 from .ir import Op, Spec
 from .paths import templates_dir, user_cache_dir
-from .registry import ParamValue
+from .script_constants import (
+    LINE_LENGTH,
+    ConstantGroup,
+    OpCall,
+    arch_constant_names,
+    constants,
+    graph_blocker,
+    op_calls,
+)
 
 SKELETON = "train.py.jinja"
-BLACK_MODE = Mode(target_versions={TargetVersion.PY310}, line_length=100)
+BLACK_MODE = Mode(target_versions={TargetVersion.PY310}, line_length=LINE_LENGTH)
 
 
 @functools.lru_cache(maxsize=1)
@@ -76,38 +84,6 @@ def _bytecode_cache() -> jinja2.BytecodeCache | None:
 
 
 @dataclass(frozen=True)
-class Constant:
-    """A module-level hyperparameter: ``NAME = literal  # comment``."""
-
-    name: str
-    value: ParamValue
-    comment: str = ""
-
-    @property
-    def inline(self) -> bool:
-        """Whether the comment fits after the value on one line."""
-        line = f"{self.name} = {literal(self.value)}  # {self.comment}"
-        return len(line) <= BLACK_MODE.line_length
-
-
-@dataclass(frozen=True)
-class ConstantGroup:
-    """The constants one spec block sets."""
-
-    block: str
-    constants: tuple[Constant, ...]
-
-
-@dataclass(frozen=True)
-class OpCall:
-    """A call of an augment or TTA function with the op's parameters as keyword arguments."""
-
-    function: str
-    arguments: tuple[tuple[str, ParamValue], ...]
-    mixes_labels: bool = False
-
-
-@dataclass(frozen=True)
 class Import:
     """``import module [as alias]`` or ``from module import names``."""
 
@@ -133,6 +109,7 @@ class ScriptContext:
     helper_templates: tuple[str, ...]
     augment_templates: tuple[str, ...]
     augment_calls: tuple[OpCall, ...]
+    arch_constants: dict[str, str]  # each arch parameter -> the constant holding its value
     mixes_labels: bool
     # Whether --augment per-epoch can augment the whole training split once per epoch: the
     # spec has augment ops and none of them mixes labels (soft targets belong to a batch).
@@ -154,33 +131,6 @@ class ScriptContext:
     layer_input_flat: tuple[bool, ...]
     layers_output_flat: bool
 
-
-# Constant names that are not simply the parameter's name in capitals.
-_CONSTANT_NAMES = {
-    ("source", "root"): "DATA_ROOT",
-    ("validation", "fraction"): "VALIDATION_FRACTION",
-    ("validation", "seed"): "VALIDATION_SEED",
-    ("schedule", "every"): "STEP_EVERY",
-    ("schedule", "gamma"): "STEP_GAMMA",
-    ("ema", "decay"): "EMA_DECAY",
-    ("eval", "batch_size"): "EVAL_BATCH_SIZE",
-}
-
-# Source constants the script reads even when the spec leaves them unset (None).
-_ALWAYS_DEFINED = frozenset({"DATA_ROOT", "MEMORY_BUDGET", "CACHE"})
-
-# "Why" comments where the registry's "what" is not enough.
-_WHY = {
-    "VALIDATION_SEED": "independent of SEED: a new training seed never moves images between splits",
-    "SUBSET": "a stratified sample of the training share; validation stays whole",
-    "EVAL_BATCH_SIZE": "no gradients are kept at evaluation, so larger batches fit",
-    "LABEL_SMOOTHING": "softened targets: less over-confidence, often better accuracy",
-    "EMA_DECAY": "per step, warmed up so short runs are not dominated by the initial weights",
-    "PRECISION": "auto: bf16 autocast on CUDA, fp32 on CPU; bf16 also on CPUs with native bf16",
-    "COMPILE": "torch.compile the model; auto: only on CUDA runs long enough to repay it",
-    "MEMORY_BUDGET": "GiB of decoded images kept in memory, else streamed (None: half of free)",
-    "CACHE": "folder of the decode cache (None: the user's, ~/.cache/improve/folders)",
-}
 
 # Helper fragments (templates/augment/_*.py.jinja) an op's fragment calls.
 _HELPERS: dict[str, tuple[str, ...]] = {
@@ -240,111 +190,6 @@ def _imports(used: set[str] | None) -> tuple[Import, ...]:
     return tuple(out)
 
 
-def _constant_name(category: str, param: str) -> str:
-    return _CONSTANT_NAMES.get((category, param), param.upper())
-
-
-def _docs(category: str, op: Op) -> dict[str, str]:
-    comp = registry.component(category, op.name)
-    assert comp is not None, f"{category} {op.name} is not in the registry"
-    return {p.name: p.doc for p in comp.params}
-
-
-def _op_constants(category: str, op: Op) -> list[Constant]:
-    docs = _docs(category, op)
-    out = []
-    for name, value in op.params.items():
-        constant = _constant_name(category, name)
-        out.append(Constant(constant, value, _WHY.get(constant, docs[name])))
-    return out
-
-
-def _field_constant(block: str, field: str, value: ParamValue) -> Constant:
-    spec = registry.block(block).field(field)
-    assert spec is not None
-    name = _constant_name(block, field)
-    return Constant(name, value, _WHY.get(name, spec.doc))
-
-
-def _compile_constant(value: str) -> Constant:
-    """``COMPILE``: True or False as the spec says, or "auto" (the script decides)."""
-    constant = _field_constant("train", "compile", value)
-    flag = {"true": True, "false": False}.get(value)
-    return constant if flag is None else dataclasses.replace(constant, value=flag)
-
-
-def graph_blocker(spec: Spec) -> str | None:
-    """Why one CUDA graph cannot replay the spec's training step, or None when it can."""
-    if spec.train.precision == "fp16":
-        return "fp16 loss scaling reads the gradients' overflow flag on the host"
-    for op in spec.augment.ops:
-        comp = registry.component("augment", op.name)
-        if comp is not None and comp.graph_blocker is not None:
-            return comp.graph_blocker
-    return None
-
-
-def _graph_constant(spec: Spec) -> Constant:
-    blocker = graph_blocker(spec)
-    why = blocker or "on CUDA the step runs as one captured graph (--cuda-graph off: eager)"
-    return Constant("CUDA_GRAPH", blocker is None, why)
-
-
-def _constants(spec: Spec) -> tuple[ConstantGroup, ...]:
-    train = spec.train
-    groups = [
-        ConstantGroup(
-            "pipeline",
-            (
-                Constant("PIPELINE", spec.pipeline.name, "the spec's pipeline name"),
-                Constant("SPEC_SHA256", spec.sha256, "the spec this script was compiled from"),
-                _field_constant("pipeline", "metric", spec.pipeline.metric),
-                _field_constant("pipeline", "seed", spec.pipeline.seed),
-            ),
-        ),
-        ConstantGroup(
-            "data",
-            (
-                *(
-                    c
-                    for c in _op_constants("source", spec.data.source)
-                    if c.value is not None or c.name in _ALWAYS_DEFINED
-                ),
-                *_op_constants("validation", spec.data.validation),
-                _field_constant("data", "batch_size", spec.data.batch_size),
-            ),
-        ),
-    ]
-    optional: list[Constant] = []
-    if train.ema is not None:
-        optional += _op_constants("ema", train.ema)
-    if train.clip_grad_norm is not None:
-        optional.append(_field_constant("train", "clip_grad_norm", train.clip_grad_norm))
-    if train.early_stopping is not None:
-        optional.append(_field_constant("train", "early_stopping", train.early_stopping))
-    groups.append(
-        ConstantGroup(
-            "train",
-            (
-                _field_constant("train", "epochs", train.epochs),
-                *_op_constants("optimizer", train.optimizer),
-                *_op_constants("schedule", train.schedule),
-                *_op_constants("loss", train.loss),
-                _field_constant("train", "precision", train.precision),
-                _compile_constant(train.compile),
-                _graph_constant(spec),
-                *optional,
-            ),
-        )
-    )
-    groups.append(
-        ConstantGroup("eval", (_field_constant("eval", "batch_size", spec.eval.batch_size),))
-    )
-    names = [c.name for g in groups for c in g.constants]
-    assert len(names) == len(set(names)), f"constant names collide: {names}"
-    return tuple(groups)
-
-
 def _template(category: str, op: Op) -> str:
     comp = registry.component(category, op.name)
     assert comp is not None, f"{category} {op.name} is not in the registry"
@@ -367,11 +212,6 @@ def _unique(items: list[str]) -> tuple[str, ...]:
     return tuple(dict.fromkeys(items))
 
 
-def _mixes_labels(op: Op) -> bool:
-    comp = registry.component("augment", op.name)
-    return comp is not None and comp.mixes_labels
-
-
 def _layer_shapes(layers: tuple[Op, ...]) -> tuple[tuple[bool, ...], bool]:
     """Whether each layer's input is flat (vectors), and whether the last output is."""
     flat = False
@@ -391,21 +231,21 @@ def _context(spec: Spec, imports: tuple[Import, ...]) -> ScriptContext:
     wanted = {h for t in (*augment_templates, *tta_templates) for h in _HELPERS.get(t, ())}
     helpers = tuple(f"augment/_{h}.py.jinja" for h in _HELPER_ORDER if h in wanted)
     layer_input_flat, layers_output_flat = _layer_shapes(spec.model.layers)
+    augment_calls = op_calls("augment", spec.augment.ops)
+    mixes_labels = any(call.mixes_labels for call in augment_calls)
     return ScriptContext(
         spec_path=spec.path,
-        constants=_constants(spec),
+        constants=constants(spec),
         source_template=_template("source", spec.data.source),
         validation_template=_template("validation", spec.data.validation),
         in_memory=spec.data.source.name != "image_folder",
         takes_data_root="root" in spec.data.source.params,
         helper_templates=helpers,
         augment_templates=augment_templates,
-        augment_calls=tuple(
-            OpCall(op.name, tuple(op.params.items()), _mixes_labels(op)) for op in spec.augment.ops
-        ),
-        mixes_labels=any(_mixes_labels(op) for op in spec.augment.ops),
-        augments_split=bool(spec.augment.ops)
-        and not any(_mixes_labels(op) for op in spec.augment.ops),
+        augment_calls=augment_calls,
+        arch_constants=arch_constant_names(spec.model.arch) if spec.model.arch is not None else {},
+        mixes_labels=mixes_labels,
+        augments_split=bool(augment_calls) and not mixes_labels,
         autocasts=spec.train.precision != "fp32",
         optimizer_template=_template("optimizer", spec.train.optimizer),
         schedule_template=_template("schedule", spec.train.schedule),
@@ -414,7 +254,7 @@ def _context(spec: Spec, imports: tuple[Import, ...]) -> ScriptContext:
         ema_template=_template("ema", spec.train.ema) if spec.train.ema is not None else None,
         graph_blocker=graph_blocker(spec),
         tta_templates=tta_templates,
-        tta_calls=tuple(OpCall(f"tta_{op.name}", tuple(op.params.items())) for op in spec.eval.tta),
+        tta_calls=op_calls("tta", spec.eval.tta, prefix="tta_"),
         imports=imports,
         dataset=registry.dataset_facts(spec.data.source.name),
         layer_input_flat=layer_input_flat,

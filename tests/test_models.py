@@ -57,9 +57,9 @@ def build(model: str, source: str = "digits()", device: str = "meta") -> nn.Modu
         module.PRETRAINED = False
     try:
         with torch.device(device):
-            return module.build_model(channels, classes, size)  # type: ignore[no-any-return]
+            return module.build_model((channels, size, size), classes)  # type: ignore[no-any-return]
     except NotImplementedError:  # RegNet computes its widths with tensors: build, then move
-        return module.build_model(channels, classes, size).to(device)  # type: ignore[no-any-return]
+        return module.build_model((channels, size, size), classes).to(device)  # type: ignore[no-any-return]
 
 
 def report(model: str, source: str = "digits()") -> ModelReport:
@@ -155,7 +155,7 @@ def test_layers_get_a_flatten_only_where_images_reach_a_linear_layer() -> None:
     script = compiled("layers = [conv(8), linear(16), relu, linear(12)]\ndropout = 0.25")[2]
     body = script[script.index("model = nn.Sequential(") : script.index("LazyLinear(num_classes)")]
     assert body.count("nn.Flatten()") == 1  # before the first linear only
-    assert "nn.Dropout(0.25)" in body
+    assert "nn.Dropout(DROPOUT)" in body and "\nDROPOUT = 0.25  # " in script
     no_dropout = compiled("layers = [conv(8)]")[2]
     assert "nn.Dropout(" not in no_dropout[no_dropout.index("def build_model") :]
 
@@ -253,7 +253,7 @@ def test_torchvision_models_train_on_grey_images(name: str) -> None:
     torch.manual_seed(0)
     # Grey 32x32 images: the first conv must be adapted from ImageNet's 3 channels.
     module = load_script(compiled(f"arch = torchvision(name = {name})", "cifar10()")[2])
-    net = module.build_model(1, 10, 32)
+    net = module.build_model((1, 32, 32), 10)
     first = next(m for m in net.modules() if isinstance(m, nn.Conv2d))
     assert first.in_channels == 1 and first.weight.shape[1] == 1
     losses = train_steps(net, *learnable(20, 1, 32), steps=8)
@@ -343,7 +343,7 @@ def test_missing_pretrained_weights_offline_say_so(
     module = load_script(compiled("arch = torchvision(name = resnet18, pretrained = true)")[2])
     assert module.PRETRAINED is True
     with pytest.raises(RuntimeError) as caught:
-        module.build_model(1, 10, 32)
+        module.build_model((1, 32, 32), 10)
     message = str(caught.value)
     assert message.startswith(
         "the pretrained resnet18 weights could not be downloaded or found in the torch hub "

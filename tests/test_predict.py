@@ -129,3 +129,23 @@ def test_predict_error_is_raised_for_a_truncated_image(run_dir: Path, tmp_path: 
     cut.write_bytes(whole.read_bytes()[:300])
     with pytest.raises(PredictError, match=r"cut\.png"):
         predict(run_dir, [cut])
+
+
+def test_a_run_compiled_before_build_model_took_the_input_size_still_predicts(
+    run_dir: Path, digit_images: list[tuple[Path, str]], tmp_path: Path
+) -> None:
+    """Scripts compiled before Dec 2026 define build_model(in_channels, num_classes,
+    image_size); their runs keep predicting."""
+    import shutil
+
+    old = tmp_path / "old run"
+    shutil.copytree(run_dir, old)
+    script = old / "train.py"
+    script.write_text(
+        script.read_text()
+        + "\n\n_build = build_model\n\n\n"
+        + "def build_model(in_channels, num_classes, image_size):  # the old signature\n"
+        + "    return _build((in_channels, image_size, image_size), num_classes)\n"
+    )
+    paths = [p for p, _ in digit_images[:5]]
+    assert [p.label for p in predict(old, paths)] == [p.label for p in predict(run_dir, paths)]

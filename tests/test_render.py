@@ -19,6 +19,7 @@ from improve_dsl.code_literals import RenderError, literal
 from improve_dsl.compiler import compile_spec
 from improve_dsl.diagnostics import DiagnosticError
 from improve_dsl.render import format_code, render_script
+from improve_dsl.script_constants import comment_for
 from improve_dsl.validate import load, load_text
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -148,14 +149,15 @@ def test_script_names_its_spec_and_hyperparameters() -> None:
     assert constants["EPOCHS"] == 10 and constants["BATCH_SIZE"] == 256
     assert constants["SPEC_SHA256"] == parsed.sha256
     banners = [line for line in script.splitlines() if line.startswith("# ------")]
+    # The spec's blocks in its order, then what runs them: the harness and main last.
     assert [b.rsplit(" ", 1)[-1] for b in banners] == [
         "hyperparameters",
-        "pipeline",
         "data",
         "augment",
         "model",
         "train",
         "eval",
+        "harness",
         "main",
     ]
 
@@ -164,7 +166,11 @@ def test_augment_ops_render_in_order_with_their_parameters() -> None:
     text = (
         (ROOT / "specs" / "digits.imp")
         .read_text()
-        .replace("ops = []", "ops = [rotation(degrees = 7.5), random_crop(padding = 3), mixup()]")
+        .replace(
+            "ops = []",
+            "ops = [rotation(degrees = 7.5), random_crop(padding = 3), mixup(), "
+            "random_crop(padding = 1)]",
+        )
     )
     script = render_script(load_text(text, "specs/digits.imp"))
     body = script[
@@ -177,10 +183,58 @@ def test_augment_ops_render_in_order_with_their_parameters() -> None:
     ]
     assert calls == [
         "targets = F.one_hot(labels, num_classes).float()",
-        "images = rotation(images, degrees=7.5)",
-        "images = random_crop(images, padding=3)",
-        "images, targets = mixup(images, targets, alpha=0.2)",
+        "images = rotation(images, degrees=ROTATION_DEGREES)",
+        "images = random_crop(images, padding=RANDOM_CROP_PADDING)",
+        "images, targets = mixup(images, targets, alpha=MIXUP_ALPHA)",
+        "images = random_crop(images, padding=RANDOM_CROP_2_PADDING)",
     ]
+    for constant in (
+        "ROTATION_DEGREES = 7.5  # largest angle",
+        "RANDOM_CROP_PADDING = 3  # pixels of padding",
+        "MIXUP_ALPHA = 0.2  # Beta(alpha, alpha) mixing",
+        "RANDOM_CROP_2_PADDING = 1  # pixels of padding",
+    ):
+        assert f"\n{constant}\n" in script
+
+
+GOLDENS = sorted(GOLDEN.rglob("*.py"))
+
+
+def _functions(tree: ast.AST) -> list[ast.FunctionDef]:
+    return [node for node in ast.walk(tree) if isinstance(node, ast.FunctionDef)]
+
+
+@pytest.mark.parametrize("golden", GOLDENS, ids=[g.stem for g in GOLDENS])
+def test_no_golden_defines_a_function_it_never_calls(golden: Path) -> None:
+    """Every function outside a class is called or handed on somewhere in the script (methods
+    are called by torch and Python; build_model is also the model's interface for predict)."""
+    tree = ast.parse(golden.read_text(encoding="utf-8"))
+    methods = {id(f) for c in ast.walk(tree) if isinstance(c, ast.ClassDef) for f in c.body}
+    defined = {f.name for f in _functions(tree) if id(f) not in methods}
+    used = {n.id for n in ast.walk(tree) if isinstance(n, ast.Name)}
+    assert not defined - used, f"defined, never called: {sorted(defined - used)}"
+
+
+@pytest.mark.parametrize("golden", GOLDENS, ids=[g.stem for g in GOLDENS])
+def test_every_value_of_the_architecture_and_the_ops_is_a_named_constant(golden: Path) -> None:
+    """build_model (for a named arch), augment_batch and tta_views pass the spec's values by
+    their constants' names; and no constant's comment only repeats its name."""
+    text = golden.read_text(encoding="utf-8")
+    tree = ast.parse(text)
+    for function in _functions(tree):
+        if function.name not in ("build_model", "augment_batch", "tta_views"):
+            continue
+        if function.name == "build_model" and "nn.Sequential(" in ast.unparse(function):
+            continue  # a layer list is spelled out where it is built
+        for call in (n for n in ast.walk(function) if isinstance(n, ast.Call)):
+            for keyword in call.keywords:
+                assert not isinstance(keyword.value, ast.Constant), (
+                    f"{function.name}: {ast.unparse(call)} passes a literal"
+                )
+    for line in text.splitlines():
+        name, _, comment = line.partition(" = ")[0], None, line.partition("  # ")[2]
+        if name.isupper() and name.isidentifier() and comment:
+            assert comment_for(name, comment) == comment, f"{line!r}: the comment echoes the name"
 
 
 # ---------------------------------------------------------------- literal safety

@@ -56,7 +56,7 @@ def test_batchnorm_fp32_feeds_every_norm_fp32_inputs_under_autocast(
 
     images = torch.rand(4, 1, 8, 8)
     for fp32 in (False, True):
-        model = module.build_model(1, 10, 8)
+        model = module.build_model((1, 8, 8), 10)
         changed = module.batchnorm_in_fp32(model) if fp32 else 0
         record(model)
         seen.clear()

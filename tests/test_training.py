@@ -168,7 +168,7 @@ def test_digits_script_runs_as_a_program(tmp_path: Path) -> None:
     assert saved["class_names"] == [str(d) for d in range(10)]
     assert saved["input_size"] == [1, 8, 8] and len(saved["mean"]) == len(saved["std"]) == 1
     module = load_script(script)
-    model = module.build_model(1, 10, 8)
+    model = module.build_model((1, 8, 8), 10)
     model.load_state_dict(saved["state_dict"])
     assert model(torch.zeros(5, 1, 8, 8)).shape == (5, 10)
 
@@ -508,7 +508,7 @@ def test_ema_averages_the_weights_and_trains(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     module = script_module(tmp_path, extra="ema = ema(decay = 0.9)")
-    model = module.build_model(1, 10, 8)
+    model = module.build_model((1, 8, 8), 10)
     ema = module.EMA(model, 0.5)
     before = [p.detach().clone() for p in model.parameters()]
     with torch.no_grad():

@@ -48,8 +48,8 @@ from torch import Tensor, nn
 SCRIPT_STARTED = time.perf_counter()  # where /proc is missing, process_seconds counts from here
 
 # ---------------------------------------------------------------------------- hyperparameters
-# Everything the spec sets, in one place. The augment ops and the architecture are spelled out
-# in their sections below; the command line can override the seed, batch size and epochs.
+# Everything the spec sets, in one place; the command line can override the seed, batch size
+# and epochs.
 
 # pipeline
 PIPELINE = "digits"  # the spec's pipeline name
@@ -61,12 +61,16 @@ SEED = 0  # seed of initialisation and data order
 # data
 VALIDATION_FRACTION = 0.2  # share of the training images held out
 VALIDATION_SEED = 0  # independent of SEED: a new training seed never moves images between splits
-BATCH_SIZE = 64  # training batch size
+BATCH_SIZE = 64
+
+# model
+MLP_WIDTH = 32  # hidden units per layer
+MLP_DEPTH = 1  # hidden layers
 
 # train
 EPOCHS = 4  # passes over the training split
 LR = 0.01  # learning rate
-MOMENTUM = 0.0  # momentum
+MOMENTUM = 0.0
 NESTEROV = False  # Nesterov momentum
 WEIGHT_DECAY = 0.0  # L2 penalty
 LABEL_SMOOTHING = 0.0  # softened targets: less over-confidence, often better accuracy
@@ -76,100 +80,6 @@ CUDA_GRAPH = True  # on CUDA the step runs as one captured graph (--cuda-graph o
 
 # eval
 EVAL_BATCH_SIZE = 512  # no gradients are kept at evaluation, so larger batches fit
-
-# ---------------------------------------------------------------------------- pipeline
-
-
-class RunFailed(Exception):
-    """A failure that ends in a "result" event with a reason rather than a traceback."""
-
-    def __init__(self, reason: str, message: str) -> None:
-        super().__init__(message)
-        self.reason = reason  # nan_loss, out_of_memory, data_missing or error
-
-
-def emit(event: dict[str, Any]) -> None:
-    """Print one JSON event on stdout, the only thing this script prints there."""
-    print(json.dumps(event), flush=True)
-
-
-def failure(reason: str, message: str) -> dict[str, Any]:
-    return {"event": "result", "status": "failed", "reason": reason, "message": message}
-
-
-def is_out_of_memory(exc: Exception) -> bool:
-    """CUDA's OutOfMemoryError, Python's MemoryError or the CPU allocator's RuntimeError."""
-    return isinstance(exc, (torch.cuda.OutOfMemoryError, MemoryError)) or (
-        isinstance(exc, RuntimeError) and "can't allocate memory" in str(exc)
-    )
-
-
-def warn(message: str) -> None:
-    print(f"warning: {message}", file=sys.stderr, flush=True)
-
-
-def process_seconds() -> float:
-    """Wall seconds since this process began (its fork, or the interpreter's start): Linux's
-    /proc tells; elsewhere, since this script finished its imports."""
-    try:
-        fields = Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()
-        uptime = float(Path("/proc/uptime").read_text().split()[0])
-        return uptime - int(fields[19]) / os.sysconf("SC_CLK_TCK")
-    except (OSError, ValueError, IndexError):
-        return time.perf_counter() - SCRIPT_STARTED
-
-
-@dataclass(frozen=True)
-class Runtime:
-    """Where and how the tensors are computed."""
-
-    device: torch.device
-    amp_dtype: torch.dtype | None  # autocast dtype; None trains in fp32
-    memory_format: torch.memory_format
-
-    @property
-    def precision(self) -> str:
-        """What the training step computes in: fp32, bf16 or fp16."""
-        if self.amp_dtype is None:
-            return "fp32"
-        return "bf16" if self.amp_dtype == torch.bfloat16 else "fp16"
-
-    def autocast(self) -> torch.autocast:
-        # No cast cache: each weight is cast once per step anyway, and a CUDA graph must not
-        # keep casts made at capture.
-        return torch.autocast(
-            self.device.type,
-            dtype=self.amp_dtype or torch.float32,
-            enabled=self.amp_dtype is not None,
-            cache_enabled=False,
-        )
-
-
-def pick_runtime(name: str) -> Runtime:
-    """The device named by --device, with the spec's precision where the device allows it."""
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise RunFailed("error", f"--device {name}: expected auto, cpu, cuda or cuda:N") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise RunFailed("error", f"--device {name}: CUDA is not available on this machine")
-    if device.type != "cuda":
-        # oneDNN's CPU convolutions are faster on channels_last (NHWC) tensors too: 1.35x
-        # for a training step of the Fashion-MNIST ResNet-8 on 2 cores.
-        return Runtime(device, None, torch.channels_last)
-    torch.backends.cudnn.benchmark = True  # fixed input sizes: let cuDNN time its kernels once
-    torch.backends.cuda.matmul.allow_tf32 = True
-    torch.backends.cudnn.allow_tf32 = True
-    # bf16 keeps fp32's range, so autocast needs no loss scaling.
-    return Runtime(device, torch.bfloat16, torch.channels_last)
-
-
-def score(predictions: Tensor, labels: Tensor) -> float:
-    """Accuracy: the share of images whose top prediction is right."""
-    return float((predictions == labels).float().mean())
-
 
 # ---------------------------------------------------------------------------- data
 
@@ -304,11 +214,9 @@ def augment_batch(images: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
 
 class MLP(nn.Module):
     """A multi-layer perceptron on the flattened image: depth x (linear, ReLU), then
-    dropout and a linear classifier."""
+    a linear classifier."""
 
-    def __init__(
-        self, in_features: int, num_classes: int, width: int, depth: int, dropout: float
-    ) -> None:
+    def __init__(self, in_features: int, num_classes: int, width: int, depth: int) -> None:
         super().__init__()
         layers: list[nn.Module] = [nn.Flatten()]
         for index in range(depth):
@@ -317,23 +225,22 @@ class MLP(nn.Module):
                 nn.ReLU(inplace=True),
             ]
         self.features = nn.Sequential(*layers)
-        self.dropout = nn.Dropout(dropout)
         self.classifier = nn.Linear(width, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.features(x)
-        x = self.classifier(self.dropout(x))
+        x = self.classifier(x)
         return x
 
 
-def build_model(in_channels: int, num_classes: int, image_size: int) -> nn.Module:
-    """The spec's mlp on flattened in_channels x image_size x image_size images."""
+def build_model(input_size: tuple[int, int, int], num_classes: int) -> nn.Module:
+    """The spec's mlp on flattened images of input_size (channels, height, width)."""
+    channels, height, width = input_size
     return MLP(
-        in_channels * image_size * image_size,
+        channels * height * width,
         num_classes,
-        width=32,
-        depth=1,
-        dropout=0.0,
+        width=MLP_WIDTH,
+        depth=MLP_DEPTH,
     )
 
 
@@ -538,6 +445,11 @@ def batchnorm_in_fp32(model: nn.Module) -> int:
 # ---------------------------------------------------------------------------- eval
 
 
+def score(predictions: Tensor, labels: Tensor) -> float:
+    """Accuracy: the share of images whose top prediction is right."""
+    return float((predictions == labels).float().mean())
+
+
 @torch.no_grad()
 def evaluate(model: nn.Module, split: Split, data: Data, runtime: Runtime) -> tuple[float, float]:
     """Mean cross-entropy and the spec's metric of the model on a split."""
@@ -557,6 +469,97 @@ def evaluate(model: nn.Module, split: Split, data: Data, runtime: Runtime) -> tu
     labels = torch.cat(targets)
     metric = score(torch.cat(predictions), labels)
     return float(loss_sum) / len(labels), metric
+
+
+# ---------------------------------------------------------------------------- harness
+# Failures as results, events on stdout, warnings on stderr, the process's clock, and the
+# device and precision the run computes in.
+
+
+class RunFailed(Exception):
+    """A failure that ends in a "result" event with a reason rather than a traceback."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason  # nan_loss, out_of_memory, data_missing or error
+
+
+def emit(event: dict[str, Any]) -> None:
+    """Print one JSON event on stdout, the only thing this script prints there."""
+    print(json.dumps(event), flush=True)
+
+
+def failure(reason: str, message: str) -> dict[str, Any]:
+    return {"event": "result", "status": "failed", "reason": reason, "message": message}
+
+
+def is_out_of_memory(exc: Exception) -> bool:
+    """CUDA's OutOfMemoryError, Python's MemoryError or the CPU allocator's RuntimeError."""
+    return isinstance(exc, (torch.cuda.OutOfMemoryError, MemoryError)) or (
+        isinstance(exc, RuntimeError) and "can't allocate memory" in str(exc)
+    )
+
+
+def warn(message: str) -> None:
+    print(f"warning: {message}", file=sys.stderr, flush=True)
+
+
+def process_seconds() -> float:
+    """Wall seconds since this process began (its fork, or the interpreter's start): Linux's
+    /proc tells; elsewhere, since this script finished its imports."""
+    try:
+        fields = Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()
+        uptime = float(Path("/proc/uptime").read_text().split()[0])
+        return uptime - int(fields[19]) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return time.perf_counter() - SCRIPT_STARTED
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """Where and how the tensors are computed."""
+
+    device: torch.device
+    amp_dtype: torch.dtype | None  # autocast dtype; None trains in fp32
+    memory_format: torch.memory_format
+
+    @property
+    def precision(self) -> str:
+        """What the training step computes in: fp32, bf16 or fp16."""
+        if self.amp_dtype is None:
+            return "fp32"
+        return "bf16" if self.amp_dtype == torch.bfloat16 else "fp16"
+
+    def autocast(self) -> torch.autocast:
+        # No cast cache: each weight is cast once per step anyway, and a CUDA graph must not
+        # keep casts made at capture.
+        return torch.autocast(
+            self.device.type,
+            dtype=self.amp_dtype or torch.float32,
+            enabled=self.amp_dtype is not None,
+            cache_enabled=False,
+        )
+
+
+def pick_runtime(name: str) -> Runtime:
+    """The device named by --device, with the spec's precision where the device allows it."""
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise RunFailed("error", f"--device {name}: expected auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise RunFailed("error", f"--device {name}: CUDA is not available on this machine")
+    if device.type != "cuda":
+        # oneDNN's CPU convolutions are faster on channels_last (NHWC) tensors too: 1.35x
+        # for a training step of the Fashion-MNIST ResNet-8 on 2 cores.
+        return Runtime(device, None, torch.channels_last)
+    torch.backends.cudnn.benchmark = True  # fixed input sizes: let cuDNN time its kernels once
+    torch.backends.cuda.matmul.allow_tf32 = True
+    torch.backends.cudnn.allow_tf32 = True
+    # bf16 keeps fp32's range, so autocast needs no loss scaling.
+    return Runtime(device, torch.bfloat16, torch.channels_last)
 
 
 # ---------------------------------------------------------------------------- main
@@ -628,10 +631,9 @@ def train(args: argparse.Namespace, history: list[dict[str, Any]]) -> dict[str, 
     torch.manual_seed(args.seed)  # initialisation and augmentation draws
     order_generator = torch.Generator().manual_seed(args.seed)  # data order
     data = load_data(args.split, runtime.device)
-    channels, height, width = data.train.input_size
     num_classes = len(data.class_names)
 
-    model = build_model(channels, num_classes, height)
+    model = build_model(data.train.input_size, num_classes)
     model = model.to(runtime.device).to(memory_format=runtime.memory_format)
     fp32_norms = batchnorm_in_fp32(model) if args.batchnorm_fp32 else 0
     batch_size = min(args.batch_size, len(data.train))
@@ -767,7 +769,7 @@ def train(args: argparse.Namespace, history: list[dict[str, Any]]) -> dict[str, 
             {
                 "state_dict": state,
                 "class_names": data.class_names,
-                "input_size": [channels, height, width],
+                "input_size": list(data.train.input_size),
                 "mean": data.mean.tolist(),
                 "std": data.std.tolist(),
                 "spec_sha256": SPEC_SHA256,

@@ -49,8 +49,8 @@ from torch import Tensor, nn
 SCRIPT_STARTED = time.perf_counter()  # where /proc is missing, process_seconds counts from here
 
 # ---------------------------------------------------------------------------- hyperparameters
-# Everything the spec sets, in one place. The augment ops and the architecture are spelled out
-# in their sections below; the command line can override the seed, batch size and epochs.
+# Everything the spec sets, in one place; the command line can override the seed, batch size
+# and epochs.
 
 # pipeline
 PIPELINE = "fashion_mnist_cpu"  # the spec's pipeline name
@@ -65,12 +65,20 @@ DATA_ROOT = None
 DOWNLOAD = False  # download the dataset with torchvision when missing
 VALIDATION_FRACTION = 0.1  # share of the training images held out
 VALIDATION_SEED = 0  # independent of SEED: a new training seed never moves images between splits
-BATCH_SIZE = 256  # training batch size
+BATCH_SIZE = 256
+
+# augment
+RANDOM_CROP_PADDING = 2  # pixels of padding
+HORIZONTAL_FLIP_P = 0.5  # probability
+
+# model
+RESNET_DEPTH = 8  # total depth
+RESNET_WIDTH = 16  # channels of the first stage
 
 # train
 EPOCHS = 10  # passes over the training split
 LR = 0.1  # learning rate
-MOMENTUM = 0.9  # momentum
+MOMENTUM = 0.9
 NESTEROV = True  # Nesterov momentum
 WEIGHT_DECAY = 0.0005  # L2 penalty
 WARMUP = 0.2  # share of steps spent warming up
@@ -81,120 +89,6 @@ CUDA_GRAPH = True  # on CUDA the step runs as one captured graph (--cuda-graph o
 
 # eval
 EVAL_BATCH_SIZE = 512  # no gradients are kept at evaluation, so larger batches fit
-
-# ---------------------------------------------------------------------------- pipeline
-
-
-class RunFailed(Exception):
-    """A failure that ends in a "result" event with a reason rather than a traceback."""
-
-    def __init__(self, reason: str, message: str) -> None:
-        super().__init__(message)
-        self.reason = reason  # nan_loss, out_of_memory, data_missing or error
-
-
-def emit(event: dict[str, Any]) -> None:
-    """Print one JSON event on stdout, the only thing this script prints there."""
-    print(json.dumps(event), flush=True)
-
-
-def failure(reason: str, message: str) -> dict[str, Any]:
-    return {"event": "result", "status": "failed", "reason": reason, "message": message}
-
-
-def is_out_of_memory(exc: Exception) -> bool:
-    """CUDA's OutOfMemoryError, Python's MemoryError or the CPU allocator's RuntimeError."""
-    return isinstance(exc, (torch.cuda.OutOfMemoryError, MemoryError)) or (
-        isinstance(exc, RuntimeError) and "can't allocate memory" in str(exc)
-    )
-
-
-def warn(message: str) -> None:
-    print(f"warning: {message}", file=sys.stderr, flush=True)
-
-
-def process_seconds() -> float:
-    """Wall seconds since this process began (its fork, or the interpreter's start): Linux's
-    /proc tells; elsewhere, since this script finished its imports."""
-    try:
-        fields = Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()
-        uptime = float(Path("/proc/uptime").read_text().split()[0])
-        return uptime - int(fields[19]) / os.sysconf("SC_CLK_TCK")
-    except (OSError, ValueError, IndexError):
-        return time.perf_counter() - SCRIPT_STARTED
-
-
-@dataclass(frozen=True)
-class Runtime:
-    """Where and how the tensors are computed."""
-
-    device: torch.device
-    amp_dtype: torch.dtype | None  # autocast dtype; None trains in fp32
-    memory_format: torch.memory_format
-
-    @property
-    def precision(self) -> str:
-        """What the training step computes in: fp32, bf16 or fp16."""
-        if self.amp_dtype is None:
-            return "fp32"
-        return "bf16" if self.amp_dtype == torch.bfloat16 else "fp16"
-
-    def autocast(self) -> torch.autocast:
-        # No cast cache: each weight is cast once per step anyway, and a CUDA graph must not
-        # keep casts made at capture.
-        return torch.autocast(
-            self.device.type,
-            dtype=self.amp_dtype or torch.float32,
-            enabled=self.amp_dtype is not None,
-            cache_enabled=False,
-        )
-
-
-def cpu_has_bf16() -> bool:
-    """Whether this CPU computes bf16 natively (AVX512-BF16 or AMX): there bf16 autocast
-    makes oneDNN's convolutions about 1.7x faster; elsewhere it is emulated and slower."""
-    try:
-        cpuinfo = Path("/proc/cpuinfo").read_text()
-    except OSError:  # not Linux
-        cpuinfo = ""
-    if cpuinfo:
-        return bool({"avx512_bf16", "amx_bf16"} & set(cpuinfo.split()))
-    # Elsewhere only torch's private probes know; a release without them means "no".
-    probes = [
-        getattr(torch.cpu, name, None)
-        for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
-    ]
-    return any(bool(probe()) for probe in probes if callable(probe))
-
-
-def pick_runtime(name: str) -> Runtime:
-    """The device named by --device, with the spec's precision where the device allows it."""
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise RunFailed("error", f"--device {name}: expected auto, cpu, cuda or cuda:N") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise RunFailed("error", f"--device {name}: CUDA is not available on this machine")
-    if device.type != "cuda":
-        # oneDNN's CPU convolutions are faster on channels_last (NHWC) tensors too: 1.35x
-        # for a training step of the Fashion-MNIST ResNet-8 on 2 cores.
-        if cpu_has_bf16():
-            return Runtime(device, torch.bfloat16, torch.channels_last)
-        warn(f"precision bf16 needs CUDA or a CPU with native bf16; training in fp32 on {device}")
-        return Runtime(device, None, torch.channels_last)
-    torch.backends.cudnn.benchmark = True  # fixed input sizes: let cuDNN time its kernels once
-    torch.backends.cuda.matmul.allow_tf32 = True
-    torch.backends.cudnn.allow_tf32 = True
-    # bf16 keeps fp32's range, so autocast needs no loss scaling.
-    return Runtime(device, torch.bfloat16, torch.channels_last)
-
-
-def score(predictions: Tensor, labels: Tensor) -> float:
-    """Accuracy: the share of images whose top prediction is right."""
-    return float((predictions == labels).float().mean())
-
 
 # ---------------------------------------------------------------------------- data
 
@@ -423,8 +317,8 @@ def horizontal_flip(images: Tensor, p: float) -> Tensor:
 def augment_batch(images: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
     """The spec's augment ops, in order. Returns the images and the training targets
     (the labels)."""
-    images = random_crop(images, padding=2)
-    images = horizontal_flip(images, p=0.5)
+    images = random_crop(images, padding=RANDOM_CROP_PADDING)
+    images = horizontal_flip(images, p=HORIZONTAL_FLIP_P)
     return images, labels
 
 
@@ -470,11 +364,9 @@ class BasicBlock(nn.Module):
 class ResNet(nn.Module):
     """CIFAR-style ResNet (He et al. 2016, section 4.2): a 3x3 stem, three stages of
     (depth - 2) / 6 basic blocks of width w, 2w and 4w (the last two halve the size),
-    global average pooling, dropout and a linear classifier."""
+    global average pooling and a linear classifier."""
 
-    def __init__(
-        self, in_channels: int, num_classes: int, depth: int, width: int, dropout: float
-    ) -> None:
+    def __init__(self, in_channels: int, num_classes: int, depth: int, width: int) -> None:
         super().__init__()
         blocks_per_stage = (depth - 2) // 6
         self.stem = nn.Sequential(
@@ -491,25 +383,23 @@ class ResNet(nn.Module):
                 in_planes = planes
         self.blocks = nn.Sequential(*blocks)
         self.pool = nn.AdaptiveAvgPool2d(1)
-        self.dropout = nn.Dropout(dropout)
         self.classifier = nn.Linear(in_planes, num_classes)
         # PyTorch's default initialisation, not Kaiming fan-out: behind batch norm the
         # smaller weights take larger effective steps, which short runs need.
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.pool(self.blocks(self.stem(x)))
-        x = self.classifier(self.dropout(torch.flatten(x, 1)))
+        x = self.classifier(torch.flatten(x, 1))
         return x
 
 
-def build_model(in_channels: int, num_classes: int, _image_size: int) -> nn.Module:
-    """The spec's resnet for in_channels x image_size x image_size images."""
+def build_model(input_size: tuple[int, int, int], num_classes: int) -> nn.Module:
+    """The spec's resnet for images of input_size (channels, height, width)."""
     return ResNet(
-        in_channels,
+        input_size[0],
         num_classes,
-        depth=8,
-        width=16,
-        dropout=0.0,
+        depth=RESNET_DEPTH,
+        width=RESNET_WIDTH,
     )
 
 
@@ -732,6 +622,11 @@ def batchnorm_in_fp32(model: nn.Module) -> int:
 # ---------------------------------------------------------------------------- eval
 
 
+def score(predictions: Tensor, labels: Tensor) -> float:
+    """Accuracy: the share of images whose top prediction is right."""
+    return float((predictions == labels).float().mean())
+
+
 def tta_horizontal_flip(images: Tensor) -> list[Tensor]:
     """The left-right mirror images."""
     return [images.flip(3)]
@@ -766,6 +661,117 @@ def evaluate(model: nn.Module, split: Split, data: Data, runtime: Runtime) -> tu
     labels = torch.cat(targets)
     metric = score(torch.cat(predictions), labels)
     return float(loss_sum) / len(labels), metric
+
+
+# ---------------------------------------------------------------------------- harness
+# Failures as results, events on stdout, warnings on stderr, the process's clock, and the
+# device and precision the run computes in.
+
+
+class RunFailed(Exception):
+    """A failure that ends in a "result" event with a reason rather than a traceback."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason  # nan_loss, out_of_memory, data_missing or error
+
+
+def emit(event: dict[str, Any]) -> None:
+    """Print one JSON event on stdout, the only thing this script prints there."""
+    print(json.dumps(event), flush=True)
+
+
+def failure(reason: str, message: str) -> dict[str, Any]:
+    return {"event": "result", "status": "failed", "reason": reason, "message": message}
+
+
+def is_out_of_memory(exc: Exception) -> bool:
+    """CUDA's OutOfMemoryError, Python's MemoryError or the CPU allocator's RuntimeError."""
+    return isinstance(exc, (torch.cuda.OutOfMemoryError, MemoryError)) or (
+        isinstance(exc, RuntimeError) and "can't allocate memory" in str(exc)
+    )
+
+
+def warn(message: str) -> None:
+    print(f"warning: {message}", file=sys.stderr, flush=True)
+
+
+def process_seconds() -> float:
+    """Wall seconds since this process began (its fork, or the interpreter's start): Linux's
+    /proc tells; elsewhere, since this script finished its imports."""
+    try:
+        fields = Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()
+        uptime = float(Path("/proc/uptime").read_text().split()[0])
+        return uptime - int(fields[19]) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return time.perf_counter() - SCRIPT_STARTED
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """Where and how the tensors are computed."""
+
+    device: torch.device
+    amp_dtype: torch.dtype | None  # autocast dtype; None trains in fp32
+    memory_format: torch.memory_format
+
+    @property
+    def precision(self) -> str:
+        """What the training step computes in: fp32, bf16 or fp16."""
+        if self.amp_dtype is None:
+            return "fp32"
+        return "bf16" if self.amp_dtype == torch.bfloat16 else "fp16"
+
+    def autocast(self) -> torch.autocast:
+        # No cast cache: each weight is cast once per step anyway, and a CUDA graph must not
+        # keep casts made at capture.
+        return torch.autocast(
+            self.device.type,
+            dtype=self.amp_dtype or torch.float32,
+            enabled=self.amp_dtype is not None,
+            cache_enabled=False,
+        )
+
+
+def cpu_has_bf16() -> bool:
+    """Whether this CPU computes bf16 natively (AVX512-BF16 or AMX): there bf16 autocast
+    makes oneDNN's convolutions about 1.7x faster; elsewhere it is emulated and slower."""
+    try:
+        cpuinfo = Path("/proc/cpuinfo").read_text()
+    except OSError:  # not Linux
+        cpuinfo = ""
+    if cpuinfo:
+        return bool({"avx512_bf16", "amx_bf16"} & set(cpuinfo.split()))
+    # Elsewhere only torch's private probes know; a release without them means "no".
+    probes = [
+        getattr(torch.cpu, name, None)
+        for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    ]
+    return any(bool(probe()) for probe in probes if callable(probe))
+
+
+def pick_runtime(name: str) -> Runtime:
+    """The device named by --device, with the spec's precision where the device allows it."""
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise RunFailed("error", f"--device {name}: expected auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise RunFailed("error", f"--device {name}: CUDA is not available on this machine")
+    if device.type != "cuda":
+        # oneDNN's CPU convolutions are faster on channels_last (NHWC) tensors too: 1.35x
+        # for a training step of the Fashion-MNIST ResNet-8 on 2 cores.
+        if cpu_has_bf16():
+            return Runtime(device, torch.bfloat16, torch.channels_last)
+        warn(f"precision bf16 needs CUDA or a CPU with native bf16; training in fp32 on {device}")
+        return Runtime(device, None, torch.channels_last)
+    torch.backends.cudnn.benchmark = True  # fixed input sizes: let cuDNN time its kernels once
+    torch.backends.cuda.matmul.allow_tf32 = True
+    torch.backends.cudnn.allow_tf32 = True
+    # bf16 keeps fp32's range, so autocast needs no loss scaling.
+    return Runtime(device, torch.bfloat16, torch.channels_last)
 
 
 # ---------------------------------------------------------------------------- main
@@ -845,10 +851,9 @@ def train(args: argparse.Namespace, history: list[dict[str, Any]]) -> dict[str, 
     torch.manual_seed(args.seed)  # initialisation and augmentation draws
     order_generator = torch.Generator().manual_seed(args.seed)  # data order
     data = load_data(args.data_root, args.split, runtime.device)
-    channels, height, width = data.train.input_size
     num_classes = len(data.class_names)
 
-    model = build_model(channels, num_classes, height)
+    model = build_model(data.train.input_size, num_classes)
     model = model.to(runtime.device).to(memory_format=runtime.memory_format)
     fp32_norms = batchnorm_in_fp32(model) if args.batchnorm_fp32 else 0
     batch_size = min(args.batch_size, len(data.train))
@@ -993,7 +998,7 @@ def train(args: argparse.Namespace, history: list[dict[str, Any]]) -> dict[str, 
             {
                 "state_dict": state,
                 "class_names": data.class_names,
-                "input_size": [channels, height, width],
+                "input_size": list(data.train.input_size),
                 "mean": data.mean.tolist(),
                 "std": data.std.tolist(),
                 "spec_sha256": SPEC_SHA256,

@@ -49,8 +49,8 @@ from torch import Tensor, nn
 SCRIPT_STARTED = time.perf_counter()  # where /proc is missing, process_seconds counts from here
 
 # ---------------------------------------------------------------------------- hyperparameters
-# Everything the spec sets, in one place. The augment ops and the architecture are spelled out
-# in their sections below; the command line can override the seed, batch size and epochs.
+# Everything the spec sets, in one place; the command line can override the seed, batch size
+# and epochs.
 
 # pipeline
 PIPELINE = "cifar100"  # the spec's pipeline name
@@ -65,12 +65,21 @@ DATA_ROOT = "data"
 DOWNLOAD = True  # download the dataset with torchvision when missing
 VALIDATION_FRACTION = 0.1  # share of the training images held out
 VALIDATION_SEED = 0  # independent of SEED: a new training seed never moves images between splits
-BATCH_SIZE = 256  # training batch size
+BATCH_SIZE = 256
+
+# augment
+HORIZONTAL_FLIP_P = 0.5  # probability
+VERTICAL_FLIP_P = 0.1  # probability
+
+# model
+WIDE_RESNET_DEPTH = 10  # total depth
+WIDE_RESNET_WIDEN = 2  # width multiplier
+WIDE_RESNET_DROPOUT = 0.0  # dropout inside blocks
 
 # train
 EPOCHS = 2  # passes over the training split
 LR = 0.001  # learning rate
-MOMENTUM = 0.9  # momentum
+MOMENTUM = 0.9
 WEIGHT_DECAY = 0.0  # L2 penalty
 WARMUP = 0.3  # share of steps spent warming up
 LABEL_SMOOTHING = 0.0  # softened targets: less over-confidence, often better accuracy
@@ -80,100 +89,6 @@ CUDA_GRAPH = False  # trivial_augment picks its images by a data-dependent index
 
 # eval
 EVAL_BATCH_SIZE = 512  # no gradients are kept at evaluation, so larger batches fit
-
-# ---------------------------------------------------------------------------- pipeline
-
-
-class RunFailed(Exception):
-    """A failure that ends in a "result" event with a reason rather than a traceback."""
-
-    def __init__(self, reason: str, message: str) -> None:
-        super().__init__(message)
-        self.reason = reason  # nan_loss, out_of_memory, data_missing or error
-
-
-def emit(event: dict[str, Any]) -> None:
-    """Print one JSON event on stdout, the only thing this script prints there."""
-    print(json.dumps(event), flush=True)
-
-
-def failure(reason: str, message: str) -> dict[str, Any]:
-    return {"event": "result", "status": "failed", "reason": reason, "message": message}
-
-
-def is_out_of_memory(exc: Exception) -> bool:
-    """CUDA's OutOfMemoryError, Python's MemoryError or the CPU allocator's RuntimeError."""
-    return isinstance(exc, (torch.cuda.OutOfMemoryError, MemoryError)) or (
-        isinstance(exc, RuntimeError) and "can't allocate memory" in str(exc)
-    )
-
-
-def warn(message: str) -> None:
-    print(f"warning: {message}", file=sys.stderr, flush=True)
-
-
-def process_seconds() -> float:
-    """Wall seconds since this process began (its fork, or the interpreter's start): Linux's
-    /proc tells; elsewhere, since this script finished its imports."""
-    try:
-        fields = Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()
-        uptime = float(Path("/proc/uptime").read_text().split()[0])
-        return uptime - int(fields[19]) / os.sysconf("SC_CLK_TCK")
-    except (OSError, ValueError, IndexError):
-        return time.perf_counter() - SCRIPT_STARTED
-
-
-@dataclass(frozen=True)
-class Runtime:
-    """Where and how the tensors are computed."""
-
-    device: torch.device
-    amp_dtype: torch.dtype | None  # autocast dtype; None trains in fp32
-    memory_format: torch.memory_format
-
-    @property
-    def precision(self) -> str:
-        """What the training step computes in: fp32, bf16 or fp16."""
-        if self.amp_dtype is None:
-            return "fp32"
-        return "bf16" if self.amp_dtype == torch.bfloat16 else "fp16"
-
-    def autocast(self) -> torch.autocast:
-        # No cast cache: each weight is cast once per step anyway, and a CUDA graph must not
-        # keep casts made at capture.
-        return torch.autocast(
-            self.device.type,
-            dtype=self.amp_dtype or torch.float32,
-            enabled=self.amp_dtype is not None,
-            cache_enabled=False,
-        )
-
-
-def pick_runtime(name: str) -> Runtime:
-    """The device named by --device, with the spec's precision where the device allows it."""
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise RunFailed("error", f"--device {name}: expected auto, cpu, cuda or cuda:N") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise RunFailed("error", f"--device {name}: CUDA is not available on this machine")
-    if device.type != "cuda":
-        # oneDNN's CPU convolutions are faster on channels_last (NHWC) tensors too: 1.35x
-        # for a training step of the Fashion-MNIST ResNet-8 on 2 cores.
-        return Runtime(device, None, torch.channels_last)
-    torch.backends.cudnn.benchmark = True  # fixed input sizes: let cuDNN time its kernels once
-    torch.backends.cuda.matmul.allow_tf32 = True
-    torch.backends.cudnn.allow_tf32 = True
-    # bf16 keeps fp32's range, so autocast needs no loss scaling.
-    return Runtime(device, torch.bfloat16, torch.channels_last)
-
-
-def score(predictions: Tensor, labels: Tensor) -> float:
-    """Accuracy: the share of images whose top prediction is right."""
-    return float((predictions == labels).float().mean())
-
 
 # ---------------------------------------------------------------------------- data
 
@@ -524,8 +439,8 @@ def augment_batch(images: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
     """The spec's augment ops, in order. Returns the images and the training targets
     (the labels)."""
     images = trivial_augment(images)
-    images = horizontal_flip(images, p=0.5)
-    images = vertical_flip(images, p=0.1)
+    images = horizontal_flip(images, p=HORIZONTAL_FLIP_P)
+    images = vertical_flip(images, p=VERTICAL_FLIP_P)
     return images, labels
 
 
@@ -546,14 +461,14 @@ def augment_split(split: Split, chunk_bytes: int = 2**28) -> Split:
 
 
 class WideBlock(nn.Module):
-    """A wide pre-activation block (Zagoruyko & Komodakis 2016): BN-ReLU-conv, dropout,
-    BN-ReLU-conv; a 1x1 conv projects the shortcut when the shape changes."""
+    """A wide pre-activation block (Zagoruyko & Komodakis 2016): BN-ReLU-conv,
+    BN-ReLU-conv; a 1x1 conv projects the
+        shortcut when the shape changes."""
 
-    def __init__(self, in_planes: int, planes: int, stride: int, dropout: float) -> None:
+    def __init__(self, in_planes: int, planes: int, stride: int) -> None:
         super().__init__()
         self.bn1 = nn.BatchNorm2d(in_planes)
         self.conv1 = nn.Conv2d(in_planes, planes, 3, stride, padding=1, bias=False)
-        self.dropout = nn.Dropout(dropout)
         self.bn2 = nn.BatchNorm2d(planes)
         self.conv2 = nn.Conv2d(planes, planes, 3, padding=1, bias=False)
         self.shortcut: nn.Module | None = None
@@ -563,7 +478,7 @@ class WideBlock(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out: torch.Tensor = torch.relu(self.bn1(x))
         shortcut: torch.Tensor = x if self.shortcut is None else self.shortcut(out)
-        out = self.dropout(self.conv1(out))
+        out = self.conv1(out)
         out = self.conv2(torch.relu(self.bn2(out)))
         return out + shortcut
 
@@ -571,7 +486,7 @@ class WideBlock(nn.Module):
 class WideResNet(nn.Module):
     """Wide ResNet WRN-depth-k: a 3x3 stem of 16 channels, three stages of
     (depth - 4) / 6 wide blocks of width 16k, 32k, 64k (the last two halve the size),
-    a final BN-ReLU, global average pooling, dropout and a linear classifier."""
+    a final BN-ReLU, global average pooling and a linear classifier."""
 
     def __init__(
         self,
@@ -579,8 +494,6 @@ class WideResNet(nn.Module):
         num_classes: int,
         depth: int,
         widen: int,
-        block_dropout: float,
-        dropout: float,
     ) -> None:
         super().__init__()
         blocks_per_stage = (depth - 4) // 6
@@ -590,12 +503,11 @@ class WideResNet(nn.Module):
         for stage, planes in enumerate((16 * widen, 32 * widen, 64 * widen)):
             for index in range(blocks_per_stage):
                 stride = 2 if stage > 0 and index == 0 else 1
-                blocks.append(WideBlock(in_planes, planes, stride, block_dropout))
+                blocks.append(WideBlock(in_planes, planes, stride))
                 in_planes = planes
         self.blocks = nn.Sequential(*blocks)
         self.bn = nn.BatchNorm2d(in_planes)
         self.pool = nn.AdaptiveAvgPool2d(1)
-        self.dropout = nn.Dropout(dropout)
         self.classifier = nn.Linear(in_planes, num_classes)
         # PyTorch's default initialisation, not Kaiming fan-out: behind batch norm the
         # smaller weights take larger effective steps, which short runs need.
@@ -603,19 +515,17 @@ class WideResNet(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.blocks(self.stem(x))
         x = self.pool(torch.relu(self.bn(x)))
-        x = self.classifier(self.dropout(torch.flatten(x, 1)))
+        x = self.classifier(torch.flatten(x, 1))
         return x
 
 
-def build_model(in_channels: int, num_classes: int, _image_size: int) -> nn.Module:
-    """The spec's wide_resnet for in_channels x image_size x image_size images."""
+def build_model(input_size: tuple[int, int, int], num_classes: int) -> nn.Module:
+    """The spec's wide_resnet for images of input_size (channels, height, width)."""
     return WideResNet(
-        in_channels,
+        input_size[0],
         num_classes,
-        depth=10,
-        widen=2,
-        block_dropout=0.0,
-        dropout=0.0,
+        depth=WIDE_RESNET_DEPTH,
+        widen=WIDE_RESNET_WIDEN,
     )
 
 
@@ -791,6 +701,11 @@ def batchnorm_in_fp32(model: nn.Module) -> int:
 # ---------------------------------------------------------------------------- eval
 
 
+def score(predictions: Tensor, labels: Tensor) -> float:
+    """Accuracy: the share of images whose top prediction is right."""
+    return float((predictions == labels).float().mean())
+
+
 def tta_horizontal_flip(images: Tensor) -> list[Tensor]:
     """The left-right mirror images."""
     return [images.flip(3)]
@@ -825,6 +740,97 @@ def evaluate(model: nn.Module, split: Split, data: Data, runtime: Runtime) -> tu
     labels = torch.cat(targets)
     metric = score(torch.cat(predictions), labels)
     return float(loss_sum) / len(labels), metric
+
+
+# ---------------------------------------------------------------------------- harness
+# Failures as results, events on stdout, warnings on stderr, the process's clock, and the
+# device and precision the run computes in.
+
+
+class RunFailed(Exception):
+    """A failure that ends in a "result" event with a reason rather than a traceback."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason  # nan_loss, out_of_memory, data_missing or error
+
+
+def emit(event: dict[str, Any]) -> None:
+    """Print one JSON event on stdout, the only thing this script prints there."""
+    print(json.dumps(event), flush=True)
+
+
+def failure(reason: str, message: str) -> dict[str, Any]:
+    return {"event": "result", "status": "failed", "reason": reason, "message": message}
+
+
+def is_out_of_memory(exc: Exception) -> bool:
+    """CUDA's OutOfMemoryError, Python's MemoryError or the CPU allocator's RuntimeError."""
+    return isinstance(exc, (torch.cuda.OutOfMemoryError, MemoryError)) or (
+        isinstance(exc, RuntimeError) and "can't allocate memory" in str(exc)
+    )
+
+
+def warn(message: str) -> None:
+    print(f"warning: {message}", file=sys.stderr, flush=True)
+
+
+def process_seconds() -> float:
+    """Wall seconds since this process began (its fork, or the interpreter's start): Linux's
+    /proc tells; elsewhere, since this script finished its imports."""
+    try:
+        fields = Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()
+        uptime = float(Path("/proc/uptime").read_text().split()[0])
+        return uptime - int(fields[19]) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return time.perf_counter() - SCRIPT_STARTED
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """Where and how the tensors are computed."""
+
+    device: torch.device
+    amp_dtype: torch.dtype | None  # autocast dtype; None trains in fp32
+    memory_format: torch.memory_format
+
+    @property
+    def precision(self) -> str:
+        """What the training step computes in: fp32, bf16 or fp16."""
+        if self.amp_dtype is None:
+            return "fp32"
+        return "bf16" if self.amp_dtype == torch.bfloat16 else "fp16"
+
+    def autocast(self) -> torch.autocast:
+        # No cast cache: each weight is cast once per step anyway, and a CUDA graph must not
+        # keep casts made at capture.
+        return torch.autocast(
+            self.device.type,
+            dtype=self.amp_dtype or torch.float32,
+            enabled=self.amp_dtype is not None,
+            cache_enabled=False,
+        )
+
+
+def pick_runtime(name: str) -> Runtime:
+    """The device named by --device, with the spec's precision where the device allows it."""
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise RunFailed("error", f"--device {name}: expected auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise RunFailed("error", f"--device {name}: CUDA is not available on this machine")
+    if device.type != "cuda":
+        # oneDNN's CPU convolutions are faster on channels_last (NHWC) tensors too: 1.35x
+        # for a training step of the Fashion-MNIST ResNet-8 on 2 cores.
+        return Runtime(device, None, torch.channels_last)
+    torch.backends.cudnn.benchmark = True  # fixed input sizes: let cuDNN time its kernels once
+    torch.backends.cuda.matmul.allow_tf32 = True
+    torch.backends.cudnn.allow_tf32 = True
+    # bf16 keeps fp32's range, so autocast needs no loss scaling.
+    return Runtime(device, torch.bfloat16, torch.channels_last)
 
 
 # ---------------------------------------------------------------------------- main
@@ -904,10 +910,9 @@ def train(args: argparse.Namespace, history: list[dict[str, Any]]) -> dict[str, 
     torch.manual_seed(args.seed)  # initialisation and augmentation draws
     order_generator = torch.Generator().manual_seed(args.seed)  # data order
     data = load_data(args.data_root, args.split, runtime.device)
-    channels, height, width = data.train.input_size
     num_classes = len(data.class_names)
 
-    model = build_model(channels, num_classes, height)
+    model = build_model(data.train.input_size, num_classes)
     model = model.to(runtime.device).to(memory_format=runtime.memory_format)
     fp32_norms = batchnorm_in_fp32(model) if args.batchnorm_fp32 else 0
     batch_size = min(args.batch_size, len(data.train))
@@ -1049,7 +1054,7 @@ def train(args: argparse.Namespace, history: list[dict[str, Any]]) -> dict[str, 
             {
                 "state_dict": state,
                 "class_names": data.class_names,
-                "input_size": [channels, height, width],
+                "input_size": list(data.train.input_size),
                 "mean": data.mean.tolist(),
                 "std": data.std.tolist(),
                 "spec_sha256": SPEC_SHA256,

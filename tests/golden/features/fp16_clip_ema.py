@@ -48,8 +48,8 @@ from torch import Tensor, nn
 SCRIPT_STARTED = time.perf_counter()  # where /proc is missing, process_seconds counts from here
 
 # ---------------------------------------------------------------------------- hyperparameters
-# Everything the spec sets, in one place. The augment ops and the architecture are spelled out
-# in their sections below; the command line can override the seed, batch size and epochs.
+# Everything the spec sets, in one place; the command line can override the seed, batch size
+# and epochs.
 
 # pipeline
 PIPELINE = "fp16_clip_ema"  # the spec's pipeline name
@@ -62,7 +62,21 @@ SEED = 0  # seed of initialisation and data order
 SUBSET = 500  # a stratified sample of the training share; validation stays whole
 VALIDATION_FRACTION = 0.2  # share of the training images held out
 VALIDATION_SEED = 0  # independent of SEED: a new training seed never moves images between splits
-BATCH_SIZE = 64  # training batch size
+BATCH_SIZE = 64
+
+# augment
+TRANSLATE_PIXELS = 1  # largest shift
+ROTATION_DEGREES = 10.0  # largest angle
+RANDOM_ERASING_P = 0.25  # probability
+RANDOM_ERASING_SCALE_MIN = 0.02  # smallest erased share
+RANDOM_ERASING_SCALE_MAX = 0.33  # largest erased share
+
+# model
+CNN_CHANNELS = (16, 32)  # output channels of each stage
+CNN_CONVS_PER_STAGE = 1  # conv layers per stage
+CNN_KERNEL_SIZE = 3  # conv kernel size
+CNN_BATCH_NORM = True  # batch norm after each conv
+DROPOUT = 0.1  # dropout before the classifier
 
 # train
 EPOCHS = 3  # passes over the training split
@@ -80,100 +94,7 @@ EARLY_STOPPING = 2  # stop after this many epochs without a better validation sc
 
 # eval
 EVAL_BATCH_SIZE = 512  # no gradients are kept at evaluation, so larger batches fit
-
-# ---------------------------------------------------------------------------- pipeline
-
-
-class RunFailed(Exception):
-    """A failure that ends in a "result" event with a reason rather than a traceback."""
-
-    def __init__(self, reason: str, message: str) -> None:
-        super().__init__(message)
-        self.reason = reason  # nan_loss, out_of_memory, data_missing or error
-
-
-def emit(event: dict[str, Any]) -> None:
-    """Print one JSON event on stdout, the only thing this script prints there."""
-    print(json.dumps(event), flush=True)
-
-
-def failure(reason: str, message: str) -> dict[str, Any]:
-    return {"event": "result", "status": "failed", "reason": reason, "message": message}
-
-
-def is_out_of_memory(exc: Exception) -> bool:
-    """CUDA's OutOfMemoryError, Python's MemoryError or the CPU allocator's RuntimeError."""
-    return isinstance(exc, (torch.cuda.OutOfMemoryError, MemoryError)) or (
-        isinstance(exc, RuntimeError) and "can't allocate memory" in str(exc)
-    )
-
-
-def warn(message: str) -> None:
-    print(f"warning: {message}", file=sys.stderr, flush=True)
-
-
-def process_seconds() -> float:
-    """Wall seconds since this process began (its fork, or the interpreter's start): Linux's
-    /proc tells; elsewhere, since this script finished its imports."""
-    try:
-        fields = Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()
-        uptime = float(Path("/proc/uptime").read_text().split()[0])
-        return uptime - int(fields[19]) / os.sysconf("SC_CLK_TCK")
-    except (OSError, ValueError, IndexError):
-        return time.perf_counter() - SCRIPT_STARTED
-
-
-@dataclass(frozen=True)
-class Runtime:
-    """Where and how the tensors are computed."""
-
-    device: torch.device
-    amp_dtype: torch.dtype | None  # autocast dtype; None trains in fp32
-    memory_format: torch.memory_format
-
-    @property
-    def precision(self) -> str:
-        """What the training step computes in: fp32, bf16 or fp16."""
-        if self.amp_dtype is None:
-            return "fp32"
-        return "bf16" if self.amp_dtype == torch.bfloat16 else "fp16"
-
-    def autocast(self) -> torch.autocast:
-        # No cast cache: each weight is cast once per step anyway, and a CUDA graph must not
-        # keep casts made at capture.
-        return torch.autocast(
-            self.device.type,
-            dtype=self.amp_dtype or torch.float32,
-            enabled=self.amp_dtype is not None,
-            cache_enabled=False,
-        )
-
-
-def pick_runtime(name: str) -> Runtime:
-    """The device named by --device, with the spec's precision where the device allows it."""
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise RunFailed("error", f"--device {name}: expected auto, cpu, cuda or cuda:N") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise RunFailed("error", f"--device {name}: CUDA is not available on this machine")
-    if device.type != "cuda":
-        # oneDNN's CPU convolutions are faster on channels_last (NHWC) tensors too: 1.35x
-        # for a training step of the Fashion-MNIST ResNet-8 on 2 cores.
-        warn(f"precision fp16 needs CUDA; training in fp32 on {device}")
-        return Runtime(device, None, torch.channels_last)
-    torch.backends.cudnn.benchmark = True  # fixed input sizes: let cuDNN time its kernels once
-    torch.backends.cuda.matmul.allow_tf32 = True
-    torch.backends.cudnn.allow_tf32 = True
-    return Runtime(device, torch.float16, torch.channels_last)  # with a GradScaler: see train
-
-
-def score(predictions: Tensor, labels: Tensor) -> float:
-    """Accuracy: the share of images whose top prediction is right."""
-    return float((predictions == labels).float().mean())
-
+TTA_TRANSLATE_PIXELS = 1  # shift
 
 # ---------------------------------------------------------------------------- data
 
@@ -372,9 +293,14 @@ def random_erasing(images: Tensor, p: float, scale_min: float, scale_max: float)
 def augment_batch(images: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
     """The spec's augment ops, in order. Returns the images and the training targets
     (the labels)."""
-    images = translate(images, pixels=1)
-    images = rotation(images, degrees=10.0)
-    images = random_erasing(images, p=0.25, scale_min=0.02, scale_max=0.33)
+    images = translate(images, pixels=TRANSLATE_PIXELS)
+    images = rotation(images, degrees=ROTATION_DEGREES)
+    images = random_erasing(
+        images,
+        p=RANDOM_ERASING_P,
+        scale_min=RANDOM_ERASING_SCALE_MIN,
+        scale_max=RANDOM_ERASING_SCALE_MAX,
+    )
     return images, labels
 
 
@@ -439,16 +365,16 @@ class ConvNet(nn.Module):
         return x
 
 
-def build_model(in_channels: int, num_classes: int, _image_size: int) -> nn.Module:
-    """The spec's cnn for in_channels x image_size x image_size images."""
+def build_model(input_size: tuple[int, int, int], num_classes: int) -> nn.Module:
+    """The spec's cnn for images of input_size (channels, height, width)."""
     return ConvNet(
-        in_channels,
+        input_size[0],
         num_classes,
-        channels=(16, 32),
-        convs_per_stage=1,
-        kernel_size=3,
-        batch_norm=True,
-        dropout=0.1,
+        channels=CNN_CHANNELS,
+        convs_per_stage=CNN_CONVS_PER_STAGE,
+        kernel_size=CNN_KERNEL_SIZE,
+        batch_norm=CNN_BATCH_NORM,
+        dropout=DROPOUT,
     )
 
 
@@ -642,6 +568,11 @@ def batchnorm_in_fp32(model: nn.Module) -> int:
 # ---------------------------------------------------------------------------- eval
 
 
+def score(predictions: Tensor, labels: Tensor) -> float:
+    """Accuracy: the share of images whose top prediction is right."""
+    return float((predictions == labels).float().mean())
+
+
 def tta_translate(images: Tensor, pixels: int) -> list[Tensor]:
     """The images moved `pixels` down-right and up-left, edges reflected (as airbench)."""
     n, _, height, width = images.shape
@@ -654,7 +585,7 @@ def tta_views(images: Tensor) -> list[Tensor]:
     """The plain images and the spec's test-time augmentations; their logits are averaged."""
     return [
         images,
-        *tta_translate(images, pixels=1),
+        *tta_translate(images, pixels=TTA_TRANSLATE_PIXELS),
     ]
 
 
@@ -679,6 +610,97 @@ def evaluate(model: nn.Module, split: Split, data: Data, runtime: Runtime) -> tu
     labels = torch.cat(targets)
     metric = score(torch.cat(predictions), labels)
     return float(loss_sum) / len(labels), metric
+
+
+# ---------------------------------------------------------------------------- harness
+# Failures as results, events on stdout, warnings on stderr, the process's clock, and the
+# device and precision the run computes in.
+
+
+class RunFailed(Exception):
+    """A failure that ends in a "result" event with a reason rather than a traceback."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason  # nan_loss, out_of_memory, data_missing or error
+
+
+def emit(event: dict[str, Any]) -> None:
+    """Print one JSON event on stdout, the only thing this script prints there."""
+    print(json.dumps(event), flush=True)
+
+
+def failure(reason: str, message: str) -> dict[str, Any]:
+    return {"event": "result", "status": "failed", "reason": reason, "message": message}
+
+
+def is_out_of_memory(exc: Exception) -> bool:
+    """CUDA's OutOfMemoryError, Python's MemoryError or the CPU allocator's RuntimeError."""
+    return isinstance(exc, (torch.cuda.OutOfMemoryError, MemoryError)) or (
+        isinstance(exc, RuntimeError) and "can't allocate memory" in str(exc)
+    )
+
+
+def warn(message: str) -> None:
+    print(f"warning: {message}", file=sys.stderr, flush=True)
+
+
+def process_seconds() -> float:
+    """Wall seconds since this process began (its fork, or the interpreter's start): Linux's
+    /proc tells; elsewhere, since this script finished its imports."""
+    try:
+        fields = Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()
+        uptime = float(Path("/proc/uptime").read_text().split()[0])
+        return uptime - int(fields[19]) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return time.perf_counter() - SCRIPT_STARTED
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """Where and how the tensors are computed."""
+
+    device: torch.device
+    amp_dtype: torch.dtype | None  # autocast dtype; None trains in fp32
+    memory_format: torch.memory_format
+
+    @property
+    def precision(self) -> str:
+        """What the training step computes in: fp32, bf16 or fp16."""
+        if self.amp_dtype is None:
+            return "fp32"
+        return "bf16" if self.amp_dtype == torch.bfloat16 else "fp16"
+
+    def autocast(self) -> torch.autocast:
+        # No cast cache: each weight is cast once per step anyway, and a CUDA graph must not
+        # keep casts made at capture.
+        return torch.autocast(
+            self.device.type,
+            dtype=self.amp_dtype or torch.float32,
+            enabled=self.amp_dtype is not None,
+            cache_enabled=False,
+        )
+
+
+def pick_runtime(name: str) -> Runtime:
+    """The device named by --device, with the spec's precision where the device allows it."""
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise RunFailed("error", f"--device {name}: expected auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise RunFailed("error", f"--device {name}: CUDA is not available on this machine")
+    if device.type != "cuda":
+        # oneDNN's CPU convolutions are faster on channels_last (NHWC) tensors too: 1.35x
+        # for a training step of the Fashion-MNIST ResNet-8 on 2 cores.
+        warn(f"precision fp16 needs CUDA; training in fp32 on {device}")
+        return Runtime(device, None, torch.channels_last)
+    torch.backends.cudnn.benchmark = True  # fixed input sizes: let cuDNN time its kernels once
+    torch.backends.cuda.matmul.allow_tf32 = True
+    torch.backends.cudnn.allow_tf32 = True
+    return Runtime(device, torch.float16, torch.channels_last)  # with a GradScaler: see train
 
 
 # ---------------------------------------------------------------------------- main
@@ -757,10 +779,9 @@ def train(args: argparse.Namespace, history: list[dict[str, Any]]) -> dict[str, 
     torch.manual_seed(args.seed)  # initialisation and augmentation draws
     order_generator = torch.Generator().manual_seed(args.seed)  # data order
     data = load_data(args.split, runtime.device)
-    channels, height, width = data.train.input_size
     num_classes = len(data.class_names)
 
-    model = build_model(channels, num_classes, height)
+    model = build_model(data.train.input_size, num_classes)
     model = model.to(runtime.device).to(memory_format=runtime.memory_format)
     fp32_norms = batchnorm_in_fp32(model) if args.batchnorm_fp32 else 0
     batch_size = min(args.batch_size, len(data.train))
@@ -922,7 +943,7 @@ def train(args: argparse.Namespace, history: list[dict[str, Any]]) -> dict[str, 
             {
                 "state_dict": state,
                 "class_names": data.class_names,
-                "input_size": [channels, height, width],
+                "input_size": list(data.train.input_size),
                 "mean": data.mean.tolist(),
                 "std": data.std.tolist(),
                 "spec_sha256": SPEC_SHA256,
