@@ -66,7 +66,16 @@ def context(
 
 
 def attempt(iteration: int, block: str, status: str, move: str) -> Attempt:
-    return Attempt(iteration, block, status, 0.5, 0.6, "", "", move)
+    return Attempt(
+        iteration=iteration,
+        block=block,
+        status=status,
+        metric=0.5,
+        incumbent_metric=0.6,
+        diff="",
+        rationale="",
+        move=move,
+    )
 
 
 # ---------------------------------------------------------------- diagnosis

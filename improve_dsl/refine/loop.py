@@ -134,15 +134,15 @@ class Refiner:
         # its move is not marked tried, so an expert may offer it again on the new incumbent.
         return [
             Attempt(
-                r.iteration,
-                r.block,
-                r.status,
-                r.metric,
-                r.incumbent_metric,
-                r.diff,
-                r.rationale,
-                "" if r.extras.get("outranked_by") else r.move,
-                r.seconds or None,
+                iteration=r.iteration,
+                block=r.block,
+                status=r.status,
+                metric=r.metric,
+                incumbent_metric=r.incumbent_metric,
+                diff=r.diff,
+                rationale=r.rationale,
+                move="" if r.extras.get("outranked_by") else r.move,
+                seconds=r.seconds or None,
             )
             for r in self.attempts
         ]
