@@ -153,10 +153,12 @@ def test_records_with_wrong_types_are_skipped_with_a_note(tmp_path: Path) -> Non
 
 
 def test_the_view_the_plot_and_tracking_show_exactly_the_declared_statuses() -> None:
-    from improve_dsl import journal, tracking
+    from improve_dsl import journal, report, tracking
     from improve_dsl.refine import live
     from improve_dsl.report import plot
 
+    assert (journal.BASELINE, *journal.STATUSES) == report.KINDS
+    assert tuple(s for s in journal.STATUSES if s != "accepted") == journal.NOT_ACCEPTED
     declared = set(journal.STATUSES)
     assert len(declared) == len(journal.ATTEMPT_STATUSES)
     assert set(live.STATUS_STYLES) == declared

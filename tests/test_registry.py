@@ -17,12 +17,11 @@ from conftest import load_script
 from hypothesis import given
 from hypothesis import strategies as st
 
-from improve_dsl import cli, docs, fmt, init, journal, registry, report
+from improve_dsl import cli, docs, fmt, init, registry
 from improve_dsl.dataset_profile import input_shape, profile_dataset
 from improve_dsl.grammar_export import block_grammar
 from improve_dsl.ir import Op
 from improve_dsl.paths import templates_dir
-from improve_dsl.refine import live
 from improve_dsl.refine.experts.llm import prompts
 from improve_dsl.render import _layer_shapes, render_script
 from improve_dsl.validate import load_text
@@ -244,12 +243,6 @@ def test_the_command_line_offers_the_registry_choices() -> None:
     data = next(a for a in subparsers.choices["init"]._actions if a.dest == "data")
     assert all(name in (data.help or "") for name in registry.BUILTIN_DATASETS)
     assert init.BUILTINS == registry.BUILTIN_DATASETS
-
-
-def test_one_list_of_attempt_statuses() -> None:
-    assert (journal.BASELINE, *journal.STATUSES) == report.KINDS
-    assert set(live.STATUS_STYLES) <= set(journal.STATUSES) | {journal.BASELINE}
-    assert tuple(s for s in journal.STATUSES if s != "accepted") == journal.NOT_ACCEPTED
 
 
 # ---------------------------------------------------------------- the one printer
