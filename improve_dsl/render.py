@@ -38,6 +38,7 @@ from .script_constants import (
     arch_constant_names,
     constants,
     graph_blocker,
+    layer_constant_names,
     op_calls,
 )
 
@@ -110,6 +111,7 @@ class ScriptContext:
     augment_templates: tuple[str, ...]
     augment_calls: tuple[OpCall, ...]
     arch_constants: dict[str, str]  # each arch parameter -> the constant holding its value
+    layer_constants: tuple[dict[str, str], ...]  # the same for each layer of a layers list
     mixes_labels: bool
     # Whether --augment per-epoch can augment the whole training split once per epoch: the
     # spec has augment ops and none of them mixes labels (soft targets belong to a batch).
@@ -244,6 +246,7 @@ def _context(spec: Spec, imports: tuple[Import, ...]) -> ScriptContext:
         augment_templates=augment_templates,
         augment_calls=augment_calls,
         arch_constants=arch_constant_names(spec.model.arch) if spec.model.arch is not None else {},
+        layer_constants=layer_constant_names(spec.model.layers),
         mixes_labels=mixes_labels,
         augments_split=bool(augment_calls) and not mixes_labels,
         autocasts=spec.train.precision != "fp32",

@@ -2,9 +2,9 @@
 
 Every hyperparameter of a generated script lives here, grouped by the spec block that sets
 it, so the code below the block names values and never restates them: the training recipe,
-the data, the architecture's parameters and each augment and TTA op's. (A ``layers`` list is
-the exception: it is spelled out in the model section, where it reads as the spec's list.)
-A comment says what a value means, never only what its name already says.
+the data, the architecture's parameters (or each layer's, for a ``layers`` list) and each
+augment and TTA op's. A comment says what a value means, never only what its name already
+says.
 """
 
 from __future__ import annotations
@@ -159,6 +159,17 @@ def arch_constant_names(arch: Op) -> dict[str, str]:
     }
 
 
+def layer_constant_names(layers: tuple[Op, ...]) -> tuple[dict[str, str], ...]:
+    """For each layer of a ``layers`` list, its parameters -> their constants, numbered by
+    kind in the list's order: ``CONV_1_OUT``, ``CONV_2_OUT``, ``LINEAR_1_OUT``."""
+    seen: Counter[str] = Counter()
+    names = []
+    for op in layers:
+        seen[op.name] += 1
+        names.append({param: f"{op.name}_{seen[op.name]}_{param}".upper() for param in op.params})
+    return tuple(names)
+
+
 def op_calls(category: str, ops: tuple[Op, ...], prefix: str = "") -> tuple[OpCall, ...]:
     """The calls of the spec's augment (or TTA) ops, in order, each parameter passed as its
     constant: ``RANDOM_CROP_PADDING``, then ``RANDOM_CROP_2_PADDING`` for a second crop."""
@@ -195,6 +206,10 @@ def _model_constants(spec: Spec) -> list[Constant]:
         names = arch_constant_names(model.arch)
         for param, value in model.arch.params.items():
             constants.append(_constant(names[param], value, docs[param]))
+    for layer, layer_names in zip(model.layers, layer_constant_names(model.layers), strict=True):
+        docs = _docs("layer", layer)
+        for param, value in layer.params.items():
+            constants.append(_constant(layer_names[param], value, docs[param]))
     if model.dropout > 0:  # otherwise the script has no dropout before the classifier
         constants.append(_field_constant("model", "dropout", model.dropout))
     return constants

@@ -49,8 +49,7 @@ from torch import Tensor, nn
 SCRIPT_STARTED = time.perf_counter()  # where /proc is missing, process_seconds counts from here
 
 # ---------------------------------------------------------------------------- hyperparameters
-# Everything the spec sets, in one place (but the layer list, spelled out in the
-# model section); the command line can override the seed, batch size
+# Everything the spec sets, in one place; the command line can override the seed, batch size
 # and epochs.
 
 # pipeline
@@ -74,6 +73,17 @@ COLOR_JITTER_BRIGHTNESS = 0.2  # strength
 COLOR_JITTER_CONTRAST = 0.2  # strength
 COLOR_JITTER_SATURATION = 0.2  # strength (colour images only)
 CUTOUT_SIZE = 8  # side of the square in pixels
+
+# model
+CONV_1_OUT = 32  # output channels
+CONV_1_KERNEL = 3  # kernel size
+CONV_1_STRIDE = 1
+MAX_POOL_1_SIZE = 2  # window and stride
+CONV_2_OUT = 64  # output channels
+CONV_2_KERNEL = 3  # kernel size
+CONV_2_STRIDE = 2
+DROPOUT_1_P = 0.2  # drop probability
+LINEAR_1_OUT = 64  # output units
 
 # train
 EPOCHS = 2  # passes over the training split
@@ -364,16 +374,16 @@ def build_model(input_size: tuple[int, int, int], num_classes: int) -> nn.Module
     """The spec's layer list for images of input_size (channels, height, width), then a
     linear classifier for num_classes."""
     model = nn.Sequential(
-        same_conv(32, kernel=3, stride=1),
+        same_conv(CONV_1_OUT, kernel=CONV_1_KERNEL, stride=CONV_1_STRIDE),
         nn.LazyBatchNorm2d(),
         nn.ReLU(inplace=True),
-        nn.MaxPool2d(2),
-        same_conv(64, kernel=3, stride=2),
+        nn.MaxPool2d(MAX_POOL_1_SIZE),
+        same_conv(CONV_2_OUT, kernel=CONV_2_KERNEL, stride=CONV_2_STRIDE),
         nn.GELU(),
         nn.AdaptiveAvgPool2d(1),
         nn.Flatten(),
-        nn.Dropout(0.2),
-        nn.LazyLinear(64),
+        nn.Dropout(DROPOUT_1_P),
+        nn.LazyLinear(LINEAR_1_OUT),
         nn.ReLU(inplace=True),
         nn.LazyLinear(num_classes),
     )
