@@ -4,7 +4,8 @@ Helpers the test modules share (import them with ``from conftest import ...``):
 ``improve_env`` and ``run_improve`` start the real ``improve`` in a subprocess (kept for the
 one test per exit-code path, and for what needs a process: signals, Ctrl-C, a fresh import);
 the ``improve`` fixture calls the same command line in-process, which costs no interpreter
-start or torch import; ``load_script`` imports a generated training script as a module.
+start or torch import; ``load_script`` imports a generated training script as a module;
+``slow_except`` keeps some cases of a parametrized test on the fast tier, all on the slow one.
 """
 
 from __future__ import annotations
@@ -16,9 +17,10 @@ import signal
 import subprocess
 import sys
 import types
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -67,6 +69,22 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         default=False,
         help="rewrite tests/golden/ from the current templates instead of comparing with it",
     )
+
+
+# ---------------------------------------------------------------- the two tiers
+
+
+def slow_except(values: Sequence[Any], *fast: Any) -> list[Any]:
+    """``values`` as ``parametrize`` arguments, all but ``fast`` marked slow: the fast tier
+    keeps one case of each kind, the slow tier (CI) runs every case. A tuple is one case of
+    several arguments."""
+    missing = [value for value in fast if value not in values]
+    assert not missing, f"not among the values: {missing}"
+    slow = pytest.mark.slow
+    return [
+        v if v in fast else pytest.param(*(v if isinstance(v, tuple) else (v,)), marks=slow)
+        for v in values
+    ]
 
 
 # ---------------------------------------------------------------- one trained model

@@ -93,17 +93,23 @@ def _modules() -> dict[str, Path]:
     return found
 
 
+_LOADS: dict[Path, set[str]] = {}  # _loads by file: each view check follows every module
+
+
 def _loads(path: Path, modules: dict[str, Path]) -> set[str]:
     """The package's modules that ``path`` imports, anywhere in it (under ``TYPE_CHECKING``
     and inside functions too): ``from .x import y`` names ``x``, and ``x.y`` where that is a
-    module."""
+    module. Read once per file (the checks reach the same modules from many starts)."""
+    if path in _LOADS:
+        return _LOADS[path]
     found = set(_imports(path))
     parts = list(path.relative_to(PACKAGE).with_suffix("").parts)
     for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
         if isinstance(node, ast.ImportFrom) and node.level and node.module:
             base = parts[:-1][: len(parts) - node.level]
             found.update(".".join([*base, node.module, a.name]) for a in node.names)
-    return {name for name in found if name in modules}
+    _LOADS[path] = {name for name in found if name in modules}
+    return _LOADS[path]
 
 
 def _reached(start: str, modules: dict[str, Path]) -> set[str]:

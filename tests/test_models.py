@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 import torch
-from conftest import load_script
+from conftest import load_script, slow_except
 from PIL import Image
 from torch import nn
 
@@ -105,9 +105,21 @@ ARCHS = [
 ]
 
 
-# Colour images with 100 classes too, in the slow tier (each build costs a second or more).
+# Each build costs a second or more. The fast tier builds one of each kind: a custom arch (the
+# others train in test_small_models_learn_a_fixed_batch), a torchvision model, RegNet (built,
+# then moved) and a layer list; the slow tier every one, and on colour images with 100 classes.
 @pytest.mark.parametrize("source", ["digits()", pytest.param("cifar100()", marks=pytest.mark.slow)])
-@pytest.mark.parametrize("model", ARCHS)
+@pytest.mark.parametrize(
+    "model",
+    slow_except(
+        ARCHS,
+        "arch = mlp(width = 64, depth = 2)",
+        "arch = resnet(depth = 8, width = 16)",
+        "arch = torchvision(name = resnet18)",
+        "arch = torchvision(name = regnet_y_400mf)",
+        ARCHS[-1],  # the layer list
+    ),
+)
 def test_architectures_build_on_meta_with_one_output_per_class(model: str, source: str) -> None:
     channels, size, _, classes = SHAPES[source]
     model += "\ndropout = 0.1"
@@ -144,7 +156,8 @@ def test_the_layer_table_covers_the_registry() -> None:
     assert set(LAYERS) == {c.name for c in registry.components("layer")}
 
 
-@pytest.mark.parametrize("name", sorted(LAYERS))
+# The layer list of ARCHS builds every other layer on the fast tier.
+@pytest.mark.parametrize("name", slow_except(sorted(LAYERS), "avg_pool"))
 def test_each_layer_builds_after_a_conv(name: str) -> None:
     net = build(f"layers = [conv(8), {LAYERS[name]}]")
     assert tuple(net(torch.zeros(2, 1, 8, 8, device="meta")).shape) == (2, 10)
@@ -163,19 +176,23 @@ def test_layers_get_a_flatten_only_where_images_reach_a_linear_layer() -> None:
 # ---------------------------------------------------------------- sizes a practitioner knows
 
 
+# ResNet-20 on the fast tier (the report test renders the same spec), the rest slow.
 @pytest.mark.parametrize(
     ("model", "millions"),
-    [
-        ("arch = resnet(depth = 20, width = 16)", 0.27),  # He et al.: ResNet-20, 0.27M
-        ("arch = resnet(depth = 56, width = 16)", 0.86),  # ResNet-56, 0.85M (+ projections)
-        ("arch = preact_resnet(depth = 18)", 11.17),  # PreAct ResNet-18, 11.2M
-        ("arch = preact_resnet(depth = 34)", 21.28),
-        ("arch = wide_resnet(depth = 16, widen = 4)", 2.75),  # WRN-16-4, 2.7M
-        ("arch = wide_resnet(depth = 28, widen = 10)", 36.48),  # WRN-28-10, 36.5M
-        ("arch = airbench(width = 64)", 1.97),  # airbench94: about 2M
-        ("arch = torchvision(name = resnet18)", 11.18),  # 11.7M with the 1000-class head
-        ("arch = torchvision(name = resnet50)", 23.53),
-    ],
+    slow_except(
+        [
+            ("arch = resnet(depth = 20, width = 16)", 0.27),  # He et al.: ResNet-20, 0.27M
+            ("arch = resnet(depth = 56, width = 16)", 0.86),  # ResNet-56, 0.85M (+ projections)
+            ("arch = preact_resnet(depth = 18)", 11.17),  # PreAct ResNet-18, 11.2M
+            ("arch = preact_resnet(depth = 34)", 21.28),
+            ("arch = wide_resnet(depth = 16, widen = 4)", 2.75),  # WRN-16-4, 2.7M
+            ("arch = wide_resnet(depth = 28, widen = 10)", 36.48),  # WRN-28-10, 36.5M
+            ("arch = airbench(width = 64)", 1.97),  # airbench94: about 2M
+            ("arch = torchvision(name = resnet18)", 11.18),  # 11.7M with the 1000-class head
+            ("arch = torchvision(name = resnet50)", 23.53),
+        ],
+        ("arch = resnet(depth = 20, width = 16)", 0.27),
+    ),
 )
 def test_parameter_counts_match_the_literature(model: str, millions: float) -> None:
     info = report(model, "cifar10()")
@@ -248,7 +265,7 @@ def test_small_models_learn_a_fixed_batch(model: str) -> None:
     assert losses[-1] < 0.7 * losses[0], losses
 
 
-@pytest.mark.parametrize("name", ["resnet18", "mobilenet_v3_small"])
+@pytest.mark.parametrize("name", slow_except(["resnet18", "mobilenet_v3_small"], "resnet18"))
 def test_torchvision_models_train_on_grey_images(name: str) -> None:
     torch.manual_seed(0)
     # Grey 32x32 images: the first conv must be adapted from ImageNet's 3 channels.
