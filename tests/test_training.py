@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from conftest import load_script
+from conftest import load_script, slow_except
 from PIL import Image
 
 from improve_dsl import registry
@@ -224,7 +224,8 @@ def test_data_missing_is_exit_1_with_a_message(tmp_path: Path) -> None:
 # ---------------------------------------------------------------- sources
 
 
-@pytest.mark.parametrize("source", ["mnist", "cifar10", "cifar100", "svhn"])
+# One source on the fast tier (a render each), every one on the slow tier.
+@pytest.mark.parametrize("source", slow_except(["mnist", "cifar10", "cifar100", "svhn"], "mnist"))
 def test_torchvision_sources_fail_clearly_offline(
     source: str,
     tmp_path: Path,
@@ -764,25 +765,13 @@ def test_a_machine_without_the_cache_compiles_from_the_artifacts(
     assert sorted(artifacts.glob("*.bin")) == sorted([*saved, damaged])
 
 
-def test_a_run_that_does_not_compile_leaves_the_artifacts_alone(tmp_path: Path) -> None:
-    script = write_script(tmp_path, spec_text())
+def test_a_run_that_does_not_compile_leaves_the_artifacts_alone(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     artifacts = tmp_path / "artifacts"
     artifacts.mkdir()
     (artifacts / ("0" * 32 + ".bin")).write_bytes(b"not an artifact")
-    done = subprocess.run(
-        [
-            sys.executable,
-            str(script),
-            "--device",
-            "cpu",
-            "--epochs",
-            "1",
-            "--compile-artifacts",
-            str(artifacts),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert done.returncode == 0, done.stderr
+    args = ("--device", "cpu", "--epochs", "1", "--compile-artifacts", str(artifacts))
+    done = run(tmp_path, capsys, *args)  # in this process: nothing is compiled, nothing loaded
+    assert done.result["status"] == "ok", done.stderr
     assert [path.name for path in artifacts.iterdir()] == ["0" * 32 + ".bin"]
