@@ -10,6 +10,7 @@ start or torch import; ``load_script`` imports a generated training script as a 
 
 from __future__ import annotations
 
+import fcntl
 import importlib.util
 import itertools
 import os
@@ -127,18 +128,25 @@ eval {
 
 @pytest.fixture(scope="session")
 def digits_run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The folder of a finished `improve run` of a tiny digits CNN (model.pt, train.py)."""
+    """The folder of a finished `improve run` of a tiny digits CNN (model.pt, train.py), for
+    reading only: trained once per session, by the first pytest-xdist worker that asks."""
     from improve_dsl.compiler import compile_spec
     from improve_dsl.run import run_script
 
-    work = tmp_path_factory.mktemp("digits run")
-    spec = work / "tiny_digits.imp"
-    spec.write_text(TINY_DIGITS_SPEC)
+    # Every worker's temporary folder is inside the session's (pytest-xdist's basetemp).
+    base = tmp_path_factory.getbasetemp()
+    work = (base.parent if "PYTEST_XDIST_WORKER" in os.environ else base) / "digits run"
+    work.mkdir(exist_ok=True)
     out = work / "run"
-    out.mkdir()
-    (out / "train.py").write_text(compile_spec(spec).script)
-    result = run_script(out / "train.py", out, device="cpu", threads=1)
-    assert result.status == "ok", result.reason
+    with open(work / "lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # the others wait for the first one's model
+        if not (out / "model.pt").is_file():
+            spec = work / "tiny_digits.imp"
+            spec.write_text(TINY_DIGITS_SPEC)
+            out.mkdir(exist_ok=True)
+            (out / "train.py").write_text(compile_spec(spec).script)
+            result = run_script(out / "train.py", out, device="cpu", threads=1)
+            assert result.status == "ok", result.reason
     return out
 
 
