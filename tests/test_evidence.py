@@ -272,6 +272,7 @@ def test_refine_records_its_attempts_and_warns_once_on_a_corrupt_store(
     assert "Traceback" not in result.stderr
 
 
+@pytest.mark.slow  # a real refine; the fast tier's is the resumed run's below
 def test_no_history_neither_reads_nor_writes_the_store(
     tmp_path: Path, improve: ImproveCall
 ) -> None:
