@@ -3,6 +3,7 @@
 The real loop, experts, journal, cache, write-back and git run as in ``improve refine``;
 only the executor is replaced (the seam the loop trains through), by one that scores each
 candidate spec from its text. ``test_refine.py`` runs the same behaviours with real training.
+Nothing here runs or reads a candidate's script, so the scripts are not black-formatted.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from pathlib import Path
 import pytest
 from fake_executor import FakeExecutor, Outcome, by_text, split_of
 
-from improve_dsl import diff, validate
+from improve_dsl import diff, render, validate
 from improve_dsl.executors import TrainJob
 from improve_dsl.journal import RECORD_FIELDS, RunDir
 from improve_dsl.refine.loop import refine
@@ -32,6 +33,13 @@ DECENT = WEAK.replace(
 MOMENTUM_HELPS = by_text(
     ("momentum = 0.9", Outcome((0.6, 0.8, 0.9))), default=Outcome((0.3, 0.4, 0.5))
 )
+
+
+@pytest.fixture(autouse=True)
+def _unformatted_scripts(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Black takes half a second a script, most of these tests' time; the scripts stay in
+    each test's own run folder (its results cache), where no other test reads them."""
+    monkeypatch.setattr(render, "format_code", lambda code: code)
 
 
 def write_spec(folder: Path, text: str) -> Path:
