@@ -74,7 +74,9 @@ def test_batchnorm_fp32_feeds_every_norm_fp32_inputs_under_autocast(
     ("overrides", "absent"),
     [
         ({"ops": "mixup(alpha = 0.2)"}, ("--augment", "def augment_split")),  # soft targets
-        ({"ops": ""}, ("--augment", "def augment_split")),  # nothing to augment
+        pytest.param(  # nothing to augment
+            {"ops": ""}, ("--augment", "def augment_split"), marks=pytest.mark.slow
+        ),
         ({"precision": "fp32"}, ("--batchnorm-fp32", "def batchnorm_in_fp32")),  # no autocast
     ],
 )

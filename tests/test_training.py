@@ -629,7 +629,10 @@ def test_the_warm_up_is_untimed_and_undone(
 
 @pytest.mark.parametrize(
     "optimizer",
-    ["sgd(lr = 0.1, momentum = 0.9, nesterov = true, weight_decay = 0.0)", "adamw(lr = 0.01)"],
+    [
+        "sgd(lr = 0.1, momentum = 0.9, nesterov = true, weight_decay = 0.0)",
+        pytest.param("adamw(lr = 0.01)", marks=pytest.mark.slow),
+    ],
 )
 def test_a_failed_capture_warns_and_trains_eagerly_to_the_same_result(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], optimizer: str
