@@ -58,7 +58,15 @@ def test_spec_renders_to_its_golden(spec: Path, request: pytest.FixtureRequest) 
         f"{spec.name} renders differently from {golden.relative_to(ROOT)}; if the change is "
         "intended, run pytest tests/test_render.py --update-golden and review the diff"
     )
-    assert format_code(script) == script, "black is not idempotent on the script"
+
+
+@pytest.mark.slow  # black once more over every golden, half a second each
+def test_black_leaves_every_golden_as_it_is() -> None:
+    goldens = sorted(GOLDEN.rglob("*.py"))  # the specs' and the features' (test_script_features)
+    assert goldens
+    for golden in goldens:
+        script = golden.read_text(encoding="utf-8")
+        assert format_code(script) == script, f"black is not idempotent on {golden.name}"
 
 
 def test_every_golden_has_a_spec() -> None:
