@@ -374,12 +374,13 @@ def test_missing_pretrained_weights_offline_say_so(
 
 
 MODEL_BANNER = "# " + "-" * 76 + " model\n"
+CONSTANTS_BANNER = "# " + "-" * 76 + " hyperparameters\n"
 
 
 @pytest.mark.slow
 def test_model_sections_are_black_clean_and_mypy_strict_clean(tmp_path: Path) -> None:
-    """The model section of every architecture, alone with the script's imports, passes
-    mypy --strict (black formatting is render_script's own check)."""
+    """The model section of every architecture, alone with the script's imports and its
+    constants, passes mypy --strict (black formatting is render_script's own check)."""
     import subprocess
 
     models = [a for a in ARCHS if "torchvision" not in a] + [
@@ -389,7 +390,10 @@ def test_model_sections_are_black_clean_and_mypy_strict_clean(tmp_path: Path) ->
         script = compiled(model)[2]
         start = script.index(MODEL_BANNER)
         end = script.index("\n# ---", start + len(MODEL_BANNER))
-        section = "import torch\nfrom torch import nn\n\n\n" + script[start:end].strip() + "\n"
+        first = script.index(CONSTANTS_BANNER)
+        constants = script[first : script.index("\n# ---", first + len(CONSTANTS_BANNER))]
+        section = "import torch\nfrom torch import nn\n\n" + constants + "\n\n"
+        section += script[start:end].strip() + "\n"
         (tmp_path / f"model_{index}.py").write_text(section)
     result = subprocess.run(
         [
