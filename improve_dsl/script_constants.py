@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import re
 from collections import Counter
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from . import registry
@@ -110,12 +111,14 @@ def _docs(category: str, op: Op) -> dict[str, str]:
     return {p.name: p.doc for p in comp.params}
 
 
-def _op_constants(category: str, op: Op) -> list[Constant]:
+def _named_constants(category: str, op: Op, names: Mapping[str, str]) -> list[Constant]:
+    """The op's parameters as constants, each under its name in ``names``."""
     docs = _docs(category, op)
-    return [
-        _constant(_constant_name(category, name), value, docs[name])
-        for name, value in op.params.items()
-    ]
+    return [_constant(names[param], value, docs[param]) for param, value in op.params.items()]
+
+
+def _op_constants(category: str, op: Op) -> list[Constant]:
+    return _named_constants(category, op, {p: _constant_name(category, p) for p in op.params})
 
 
 def _field_constant(block: str, field: str, value: ParamValue) -> Constant:
@@ -192,9 +195,7 @@ def op_calls(category: str, ops: tuple[Op, ...], prefix: str = "") -> tuple[OpCa
 def _calls_constants(category: str, ops: tuple[Op, ...], prefix: str = "") -> list[Constant]:
     constants = []
     for op, call in zip(ops, op_calls(category, ops, prefix), strict=True):
-        docs = _docs(category, op)
-        for param, name in call.arguments:
-            constants.append(_constant(name, op.params[param], docs[param]))
+        constants += _named_constants(category, op, dict(call.arguments))
     return constants
 
 
@@ -202,14 +203,9 @@ def _model_constants(spec: Spec) -> list[Constant]:
     model = spec.model
     constants = []
     if model.arch is not None:
-        docs = _docs("arch", model.arch)
-        names = arch_constant_names(model.arch)
-        for param, value in model.arch.params.items():
-            constants.append(_constant(names[param], value, docs[param]))
-    for layer, layer_names in zip(model.layers, layer_constant_names(model.layers), strict=True):
-        docs = _docs("layer", layer)
-        for param, value in layer.params.items():
-            constants.append(_constant(layer_names[param], value, docs[param]))
+        constants += _named_constants("arch", model.arch, arch_constant_names(model.arch))
+    for layer, names in zip(model.layers, layer_constant_names(model.layers), strict=True):
+        constants += _named_constants("layer", layer, names)
     if model.dropout > 0:  # otherwise the script has no dropout before the classifier
         constants.append(_field_constant("model", "dropout", model.dropout))
     return constants

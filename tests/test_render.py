@@ -238,7 +238,7 @@ def test_every_value_of_the_architecture_and_the_ops_is_a_named_constant(golden:
                     f"{function.name}: {ast.unparse(call)} passes a literal"
                 )
     for line in text.splitlines():
-        name, _, comment = line.partition(" = ")[0], None, line.partition("  # ")[2]
+        name, comment = line.partition(" = ")[0], line.partition("  # ")[2]
         if name.isupper() and name.isidentifier() and comment:
             assert comment_for(name, comment) == comment, f"{line!r}: the comment echoes the name"
 
