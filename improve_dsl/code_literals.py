@@ -8,8 +8,11 @@ from __future__ import annotations
 
 import keyword
 import math
+from collections.abc import Sequence
 
 import jinja2
+
+LINE_LENGTH = 100  # black's, for the generated script
 
 
 class RenderError(Exception):
@@ -25,7 +28,10 @@ def literal(value: object) -> str:
     if isinstance(value, jinja2.Undefined):
         raise RenderError("a template passed an undefined value to the literal filter")
     kind = type(value)
-    if value is None or kind in (bool, int, str):
+    if kind is str:
+        assert isinstance(value, str)
+        return _string(value)
+    if value is None or kind in (bool, int):
         return repr(value)
     if kind is float:
         assert isinstance(value, float)
@@ -37,6 +43,16 @@ def literal(value: object) -> str:
         items = [literal(item) for item in value]
         return "(" + ", ".join(items) + ("," if len(items) == 1 else "") + ")"
     raise RenderError(f"a {kind.__name__} cannot be rendered as a Python literal")
+
+
+def _string(value: str) -> str:
+    """``repr(value)`` with the quotes black prefers: double, unless that takes more escapes
+    (so black has nothing to change in the literal)."""
+    text = repr(value)
+    if text[0] == '"' or value.count('"') > value.count("'"):
+        return text
+    body = text[1:-1].replace("\\'", "'").replace('"', '\\"')
+    return f'"{body}"'
 
 
 def identifier(value: object) -> str:
@@ -67,3 +83,18 @@ def comment_text(value: object) -> str:
     if type(value) is not str or not value.isprintable():
         raise RenderError(f"{value!r} cannot be a one-line comment")
     return value
+
+
+def call_text(head: str, arguments: Sequence[str], indent: int, tail: str = "") -> str:
+    """``head(arguments)tail`` laid out as black lays out a call that ends its line: on one
+    line if it fits, else its arguments on a line of their own, else one a line with a
+    trailing comma. The text after the first line's indent; black still formats the script,
+    this only spares it the work."""
+    joined = ", ".join(arguments)
+    if indent + len(head) + len(joined) + 1 + len(tail) <= LINE_LENGTH:
+        return f"{head}{joined}){tail}"
+    inner = " " * (indent + 4)
+    if len(inner) + len(joined) <= LINE_LENGTH:
+        return f"{head}\n{inner}{joined}\n{' ' * indent}){tail}"
+    lines = "".join(f"{inner}{argument},\n" for argument in arguments)
+    return f"{head}\n{lines}{' ' * indent}){tail}"

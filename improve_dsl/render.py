@@ -22,6 +22,7 @@ from black.parsing import InvalidInput
 
 from . import registry
 from .code_literals import (
+    LINE_LENGTH,
     RenderError,
     comment_text,
     docstring_text,
@@ -32,7 +33,6 @@ from .code_literals import (
 from .ir import Op, Spec
 from .paths import templates_dir, user_cache_dir
 from .script_constants import (
-    LINE_LENGTH,
     ConstantGroup,
     OpCall,
     arch_constant_names,
@@ -309,6 +309,13 @@ def _names_used(source: str) -> set[str]:
 
 def render_script(spec: Spec) -> str:
     """The spec as one standalone, black-formatted PyTorch training script."""
+    return format_code(render_unformatted(spec))
+
+
+def render_unformatted(spec: Spec) -> str:
+    """The script before black. The templates are written as black writes, so for the
+    example specs this is the script already (a test holds them to it) and black, which
+    still runs, takes half the time it would on a rougher draft."""
     # Two passes: render with every optional import, then again with only those the code uses,
     # so the script never carries an unused import whatever blocks the spec has.
     draft = _render(SKELETON, {"spec": spec, "script": _context(spec, _imports(None))})
@@ -318,5 +325,4 @@ def render_script(spec: Spec) -> str:
         raise RenderError(
             f"the rendered script is not valid Python: line {exc.lineno}: {exc.msg}"
         ) from exc
-    text = _render(SKELETON, {"spec": spec, "script": _context(spec, _imports(used))})
-    return format_code(text)
+    return _render(SKELETON, {"spec": spec, "script": _context(spec, _imports(used))})

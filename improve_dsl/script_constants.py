@@ -16,11 +16,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from . import registry
-from .code_literals import literal
+from .code_literals import LINE_LENGTH, call_text, identifier, literal
 from .ir import Op, Spec
 from .registry import ParamValue
-
-LINE_LENGTH = 100  # black's, for the generated script
 
 
 @dataclass(frozen=True)
@@ -54,6 +52,14 @@ class OpCall:
     function: str
     arguments: tuple[tuple[str, str], ...]
     mixes_labels: bool = False
+
+    def source(self, target: str, inputs: str, indent: int, tail: str = "") -> str:
+        """``target function(inputs, param=CONSTANT, ...)tail``, laid out as black would."""
+        keywords = [
+            f"{identifier(name)}={identifier(constant)}" for name, constant in self.arguments
+        ]
+        head = f"{target}{identifier(self.function)}("
+        return call_text(head, [inputs, *keywords], indent, tail)
 
 
 # Constant names that are not simply the parameter's name in capitals.

@@ -16,7 +16,6 @@ from typing import Any, Literal
 
 import llguidance
 import numpy as np
-import xgrammar
 
 EOS = 256  # the end-of-sequence token, after the 256 byte tokens
 CLOSERS = frozenset(b')]}\n"')  # bytes that end what is open: preferred past the soft length
@@ -49,9 +48,17 @@ def _llg_tokenizer() -> Any:
     return _LLG_TOKENIZER
 
 
+def _xgrammar() -> Any:
+    """XGrammar, imported on first use: it loads torch, a few seconds in every test worker."""
+    import xgrammar
+
+    return xgrammar
+
+
 def _xgr_compiler() -> Any:
     global _XGR_COMPILER
     if _XGR_COMPILER is None:
+        xgrammar = _xgrammar()
         info = xgrammar.TokenizerInfo(
             [bytes([i]) for i in range(256)] + [b"</s>"],
             vocab_type=xgrammar.VocabType.RAW,
@@ -112,6 +119,7 @@ def xgrammar_matcher(gbnf: str) -> Matcher:
         compiled = _xgr_compiler().compile_grammar(gbnf)
     except (RuntimeError, ValueError) as exc:
         raise GrammarEngineError(str(exc)) from None
+    xgrammar = _xgrammar()
     matcher = xgrammar.GrammarMatcher(compiled, terminate_without_stop_token=False)
     bitmask = xgrammar.allocate_token_bitmask(1, EOS + 1)
 

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import ast
 import dataclasses
+import difflib
 import functools
+import itertools
 import re
 import subprocess
 import sys
@@ -15,10 +17,10 @@ import pytest
 from conftest import ImproveCall
 
 from improve_dsl import cli, registry, render
-from improve_dsl.code_literals import RenderError, literal
+from improve_dsl.code_literals import RenderError, call_text, literal
 from improve_dsl.compiler import compile_spec
 from improve_dsl.diagnostics import DiagnosticError
-from improve_dsl.render import format_code, render_script
+from improve_dsl.render import format_code, render_script, render_unformatted
 from improve_dsl.script_constants import comment_for
 from improve_dsl.validate import load, load_text
 
@@ -67,6 +69,22 @@ def test_black_leaves_every_golden_as_it_is() -> None:
     for golden in goldens:
         script = golden.read_text(encoding="utf-8")
         assert format_code(script) == script, f"black is not idempotent on {golden.name}"
+
+
+FEATURES = sorted((ROOT / "tests" / "fixtures" / "features").glob("*.imp"))
+
+
+@pytest.mark.parametrize("spec", SPECS + FEATURES, ids=[s.stem for s in SPECS + FEATURES])
+def test_the_templates_write_what_black_writes(spec: Path) -> None:
+    # Black still formats every script; written as black writes, the templates halve its time.
+    golden = GOLDEN / ("features" if spec in FEATURES else "") / f"{spec.stem}.py"
+    path = spec_path_text(spec) if spec in SPECS else spec.name  # as their golden tests render
+    draft = render_unformatted(load_text(spec.read_text(encoding="utf-8"), path))
+    expected = golden.read_text(encoding="utf-8")
+    changes = difflib.unified_diff(draft.splitlines(), expected.splitlines(), lineterm="", n=1)
+    assert draft == expected, f"black changes the draft of {spec.name}:\n" + "\n".join(
+        list(changes)[:40]
+    )
 
 
 def test_every_golden_has_a_spec() -> None:
@@ -339,6 +357,27 @@ def test_hostile_spec_path_stays_inside_the_docstring() -> None:
 )
 def test_literal_round_trips(value: object) -> None:
     assert ast.literal_eval(literal(value)) == value
+
+
+@pytest.mark.parametrize(
+    "text", ["plain", "it's", 'say "hi"', "'\"'", "two '' one \"", 'two "" one \'', "\\'\"\n\x00"]
+)
+def test_a_string_literal_has_the_quotes_black_gives_it(text: str) -> None:
+    line = f"x = {literal(text)}\n"
+    assert format_code(line) == line and ast.literal_eval(literal(text)) == text
+
+
+def test_a_call_is_laid_out_as_black_lays_it_out() -> None:
+    layouts = set()
+    for width, depth in itertools.product((10, 15, 17, 60), (0, 1, 2)):
+        arguments = ["images", *(f"argument_{i}={'x' * width}" for i in range(3))]
+        opening = "".join(f"{'    ' * level}if x:\n" for level in range(depth))
+        indent = 4 * depth
+        call = call_text("images = f(", arguments, indent)
+        source = f"{opening}{' ' * indent}{call}\n"
+        assert format_code(source) == source, source
+        layouts.add(call.count("\n"))
+    assert layouts == {0, 2, 5}  # one line; the arguments on one line; one a line
 
 
 class Sneaky(str):

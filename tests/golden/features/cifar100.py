@@ -463,7 +463,7 @@ def augment_split(split: Split, chunk_bytes: int = 2**28) -> Split:
 class WideBlock(nn.Module):
     """A wide pre-activation block (Zagoruyko & Komodakis 2016): BN-ReLU-conv,
     BN-ReLU-conv; a 1x1 conv projects the
-        shortcut when the shape changes."""
+    shortcut when the shape changes."""
 
     def __init__(self, in_planes: int, planes: int, stride: int) -> None:
         super().__init__()
