@@ -36,8 +36,9 @@ def test_augment_split_augments_every_image_in_chunks_and_keeps_uint8(tmp_path: 
     images = torch.randint(0, 256, (10, 1, 8, 8), dtype=torch.uint8)
     split = module.Split(images, torch.arange(10) % 3)
     # 3 images of 64 float pixels a chunk: four chunks, the last one short.
-    augmented = module.augment_split(split, chunk_bytes=3 * 64 * 4)
-    assert augmented.images.dtype == torch.uint8
+    buffer = torch.empty_like(images)
+    augmented = module.augment_split(split, buffer, chunk_bytes=3 * 64 * 4)
+    assert augmented.images is buffer and augmented.images.dtype == torch.uint8
     assert torch.equal(augmented.images, images.flip(3))  # every image, exactly once
     assert torch.equal(augmented.labels, split.labels)
     assert torch.equal(split.images, images)  # the split itself is left as it was

@@ -330,11 +330,11 @@ def augment_batch(images: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
     return images, labels
 
 
-def augment_split(split: Split, chunk_bytes: int = 2**28) -> Split:
-    """The whole split augmented at once (--augment per-epoch), `chunk_bytes` of float pixels
-    at a time, and rounded back to uint8 (within half a grey level): a few large launches per
-    epoch, outside the step, instead of the augment ops inside every step."""
-    images = torch.empty_like(split.images)
+def augment_split(split: Split, images: Tensor, chunk_bytes: int = 2**28) -> Split:
+    """The whole split augmented at once (--augment per-epoch) into `images` (a buffer shaped
+    like the split's, reused every epoch), `chunk_bytes` of float pixels at a time, rounded
+    back to uint8 (within half a grey level): a few large launches per epoch, outside the
+    step, instead of the augment ops inside every step."""
     chunk = max(1, chunk_bytes // (4 * images[0].numel()))
     for start in range(0, len(split), chunk):
         part = split.images[start : start + chunk].float().div_(255)
@@ -883,6 +883,8 @@ def train(args: argparse.Namespace, history: list[dict[str, Any]]) -> dict[str, 
     eval_model = ema.module
 
     augment_per_epoch = args.augment == "per-epoch"
+    # One buffer for every epoch's augmented images: the split is held twice, never three times.
+    augmented = torch.empty_like(data.train.images) if augment_per_epoch else None
 
     def eager_step(images: Tensor, labels: Tensor) -> Tensor:
         """One optimisation step on a batch of uint8 images; the batch's loss, not waited for."""
@@ -946,7 +948,7 @@ def train(args: argparse.Namespace, history: list[dict[str, Any]]) -> dict[str, 
         order = torch.randperm(len(data.train), generator=order_generator)
         order = order[: steps_per_epoch * batch_size].to(runtime.device)
         loss_sum = torch.zeros((), device=runtime.device)
-        epoch_split = augment_split(data.train) if augment_per_epoch else data.train
+        epoch_split = data.train if augmented is None else augment_split(data.train, augmented)
         for images, labels in epoch_split.batches(order, batch_size):
             set_learning_rate(optimizer, LR * lr_factor(step_index, total_steps))
             loss_sum += step(images, labels)
