@@ -87,7 +87,7 @@ def comment_text(value: object) -> str:
 
 def call_text(head: str, arguments: Sequence[str], indent: int, tail: str = "") -> str:
     """``head(arguments)tail`` laid out as black lays out a call that ends its line: on one
-    line if it fits, else its arguments on a line of their own, else one a line with a
+    line if it fits, else its arguments on a line of their own, else one per line with a
     trailing comma. The text after the first line's indent; black still formats the script,
     this only spares it the work."""
     joined = ", ".join(arguments)

@@ -293,7 +293,7 @@ def _render(name: str, context: dict[str, Any]) -> str:
 @functools.lru_cache(maxsize=32)
 def format_code(source: str) -> str:
     """black, with the project's fixed mode; unparsable output is a ``RenderError``. Kept
-    for the last few sources: black takes about 0.5 s for a script, and a refine or an
+    for the last few sources: black takes 0.2-0.4 s for a script, and a refine or an
     ablation renders the same spec again."""
     try:
         return black.format_str(source, mode=BLACK_MODE)

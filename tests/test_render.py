@@ -377,7 +377,7 @@ def test_a_call_is_laid_out_as_black_lays_it_out() -> None:
         source = f"{opening}{' ' * indent}{call}\n"
         assert format_code(source) == source, source
         layouts.add(call.count("\n"))
-    assert layouts == {0, 2, 5}  # one line; the arguments on one line; one a line
+    assert layouts == {0, 2, 5}  # one line; the arguments on one line; one per line
 
 
 class Sneaky(str):
