@@ -1238,22 +1238,21 @@ def train(args: argparse.Namespace, history: list[dict[str, Any]]) -> dict[str, 
         model, runtime.device, capturable=graphed and runtime.device.type == "cuda"
     )
 
-    augment_per_epoch = args.augment == "per-epoch"
-    # One buffer for every epoch's augmented images: the split is held twice, never three times.
+    # --augment per-epoch: one buffer for every epoch's augmented images (None: per batch), so
+    # the split is held twice, never three times.
     augmented = None
-    if augment_per_epoch and data.train.images is not None:
+    if args.augment == "per-epoch" and data.train.images is not None:
         augmented = torch.empty_like(data.train.images)
-    elif augment_per_epoch:
+    elif args.augment == "per-epoch":
         warn(
             "--augment per-epoch: the training images stream from their cache, so each "
             "batch is augmented in the step"
         )
-        augment_per_epoch = False
 
     def eager_step(images: Tensor, labels: Tensor) -> Tensor:
         """One optimisation step on a batch of uint8 images; the batch's loss, not waited for."""
         inputs, targets = images.float().div_(255), labels
-        if not augment_per_epoch:  # otherwise the epoch's split is augmented already
+        if augmented is None:  # otherwise the epoch's split is augmented already
             inputs, targets = augment_batch(inputs, targets)
         inputs = normalise(inputs, data.mean, data.std, runtime.memory_format)
         with runtime.autocast():
@@ -1299,7 +1298,7 @@ def train(args: argparse.Namespace, history: list[dict[str, Any]]) -> dict[str, 
             "cuda_graph": graphed,
             "compiled": forward is not model,
             **compile_counts(),
-            "augment": "per-epoch" if augment_per_epoch else "per-batch",
+            "augment": "per-batch" if augmented is None else "per-epoch",
             "batchnorm_fp32": fp32_norms,
         }
     )
